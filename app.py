@@ -1,0 +1,55 @@
+"""Diffusion Studio: `python app.py --help` for the flags. Parses flags, builds the Blocks from tabs/, launches."""
+
+import argparse
+from pathlib import Path
+
+import gradio as gr
+
+from studio.device import describe
+from studio.models import ModelManager
+from tabs import StudioContext
+from tabs.generate import GenerateTab
+
+DEFAULT_MODEL = "tiny"  # until the trained Shapes model lands; the UI says that its pictures are noise
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Diffusion Studio: use and learn diffusion image-editing techniques.")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="catalog name (sd15, tiny), Hub id, diffusers folder or .safetensors file")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best one present)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also serve on a temporary public gradio.live link")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image)")
+    p.add_argument("--allow-pickle", action="store_true", help="also load .ckpt/.bin weights (can run code)")
+    p.add_argument("--memory-budget", type=float, metavar="GIB", help="evict least recently used models above this")
+    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="where generated PNGs are saved")
+    return p.parse_args(argv)
+
+
+def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
+    ctx = StudioContext(manager, model, outputs)
+    source = manager.resolve(model)
+    with gr.Blocks(title="Diffusion Studio") as demo:
+        gr.Markdown(f"# Diffusion Studio\nModel: **{source.name}** · {describe(manager.device)}")
+        if source.note:
+            gr.Markdown(f"⚠️ {source.note}", elem_id="model-note")
+        with gr.Tabs() as tabs:
+            generate = GenerateTab(ctx)
+        generate.wire_send_to(ctx.send_targets, tabs)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    manager = ModelManager(args.device, memory_budget_gb=args.memory_budget, offline=args.offline,
+                           allow_pickle=args.allow_pickle, compile=args.compile)
+    demo = build_app(manager, args.model, args.outputs)
+    demo.queue(max_size=32).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                   allowed_paths=[str(args.outputs.resolve())], theme=gr.themes.Soft())
+
+
+if __name__ == "__main__":
+    main()

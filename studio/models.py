@@ -1,0 +1,366 @@
+"""ModelManager: the one owner of weights in the studio.
+
+Every tab asks it for a pipeline by name. It resolves the name (catalog entry, hub id, local folder or single
+.safetensors file), loads each model once per (source, revision, dtype, device), keeps it on the device in an LRU
+cache under a memory budget, and derives the pipelines of other techniques with `from_pipe`, so the UNet, VAE and
+text encoder are shared, never copied. `lend` hands a pipeline to one job at a time: techniques that swap attention
+processors or adapters on the shared UNet restore them before the lock is released.
+"""
+
+import gc
+import json
+import os
+import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, T2IAdapter
+
+from studio.device import dtype_for, pick_device
+from studio.tiny import ensure_tiny_family
+
+CATALOG_PATH = Path(__file__).parent.parent / "presets" / "models.yaml"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+COMPONENT_CLASSES = {"controlnet": ControlNetModel, "t2i_adapter": T2IAdapter}
+
+ProgressFn = Callable[[float, str], None]
+
+
+class ModelUnavailable(RuntimeError):
+    """A model that cannot be loaded here, with a message that says what to do about it."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from. `kind` is "hub", "folder" or "single_file"."""
+
+    kind: str
+    location: str
+    revision: str | None = None
+    fp16_variant: bool = False
+    label: str = ""
+    note: str = ""
+    size: int = 512  # the resolution it was trained at: the UI's default width and height
+
+    @property
+    def name(self) -> str:
+        return self.label or self.location
+
+
+@dataclass
+class _Entry:
+    value: Any
+    nbytes: int
+    users: int = 0
+
+
+@dataclass
+class Catalog:
+    """The named models of `presets/models.yaml`, by section (base, controlnet, t2i_adapter, annotators)."""
+
+    sections: dict[str, dict[str, dict]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path = CATALOG_PATH) -> "Catalog":
+        return cls(yaml.safe_load(path.read_text()))
+
+    def find(self, name: str) -> tuple[str, dict] | None:
+        for section, entries in self.sections.items():
+            if name in entries:
+                return section, entries[name]
+        return None
+
+    def names(self, section: str) -> list[str]:
+        return list(self.sections.get(section, {}))
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the Hub within `timeout` seconds?
+
+    Runs in a thread because DNS lookups ignore socket timeouts; on a closed network this answers in seconds instead
+    of letting a download hang.
+    """
+    host = (endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("://")[-1].split("/")[0]
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def native_size(folder: Path) -> int:
+    """Image size a diffusers Stable Diffusion folder was trained at: UNet sample size x the VAE's downsampling."""
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except FileNotFoundError:
+        return 512  # not a pipeline folder (a ControlNet, say): the size is the base model's business
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def module_bytes(obj: Any) -> int:
+    """Bytes of parameters and buffers held by a pipeline's or a single model's torch modules."""
+    modules = obj.components.values() if isinstance(obj, DiffusionPipeline) else [obj]
+    return sum(t.numel() * t.element_size() for m in modules if isinstance(m, torch.nn.Module)
+               for t in [*m.parameters(), *m.buffers()])
+
+
+class ModelManager:
+    """Loads, caches and lends models; one instance per process, shared by every tab.
+
+    Args:
+        device: "cpu", "cuda", "mps" or None for the best one present.
+        memory_budget_gb: keep at most this many GiB of weights loaded; least recently used models are evicted first,
+            and on CUDA a model larger than the whole budget runs with CPU offload.
+        offline: never contact the Hub (also implied by HF_HUB_OFFLINE=1).
+        allow_pickle: also load .ckpt/.bin weights, which can run code when unpickled. Off by default.
+        compile: torch.compile the UNet of each base model (slow first call, faster after).
+        cache_dir: where built-in models are built or found.
+    """
+
+    def __init__(self, device: str | None = None, *, dtype: torch.dtype | None = None,
+                 memory_budget_gb: float | None = None, offline: bool = False, allow_pickle: bool = False,
+                 compile: bool = False, cache_dir: Path | None = None, catalog: Catalog | None = None):
+        self.device = pick_device(device)
+        self.dtype = dtype or dtype_for(self.device)
+        self.budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
+        self.offline = offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        self.allow_pickle = allow_pickle
+        self.compile = compile
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "diffusion-studio")
+        self.catalog = catalog or Catalog.load()
+        self.gpu_lock = threading.RLock()  # one job at a time on the shared weights
+        self._lock = threading.Lock()  # guards the two dicts below
+        self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._loading: dict[tuple, Future] = {}
+        self.load_count = 0  # models actually read from disk; tests use it to prove single loading
+
+    # 1. Naming: catalog entry, hub id, folder or file -> ModelSource
+    def resolve(self, spec: str) -> ModelSource:
+        spec = spec.strip()
+        found = self.catalog.find(spec)
+        if found:
+            _, entry = found
+            if "builtin" in entry:
+                family, sub = entry["builtin"].split("/", 1)
+                location = ensure_tiny_family(self.cache_dir / family) / sub
+                return ModelSource("folder", str(location), label=entry.get("label", spec),
+                                   note=entry.get("note", ""), size=native_size(location))
+            repo, _, revision = entry["repo"].partition("@")
+            return ModelSource("hub", repo, revision or None, entry.get("fp16_variant", False),
+                               entry.get("label", repo), size=entry.get("size", 512))
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return ModelSource("folder", str(path.resolve()), size=native_size(path))
+        if path.is_file():
+            if path.suffix == ".safetensors" or (self.allow_pickle and path.suffix in PICKLE_SUFFIXES):
+                return ModelSource("single_file", str(path.resolve()))
+            if path.suffix in PICKLE_SUFFIXES:
+                raise ModelUnavailable(f"{path.name} is a pickle checkpoint, which can run code when loaded. Convert "
+                                       "it to .safetensors, or start the studio with --allow-pickle if you trust it.")
+            raise ModelUnavailable(f"{path} is not a model: expected a diffusers folder or a .safetensors file.")
+        repo, _, revision = spec.partition("@")
+        if repo.count("/") == 1 and not spec.startswith((".", "/", "~")):
+            return ModelSource("hub", repo, revision or None)
+        raise ModelUnavailable(f"Model '{spec}' not found: it is not a catalog name ({', '.join(self.catalog.names('base'))}), "
+                               "an existing folder or .safetensors file, or a Hub id like 'owner/name'.")
+
+    # 2. Loading, once per key, under the memory budget
+    def _key(self, source: ModelSource, what: str) -> tuple:
+        return (what, source.kind, source.location, source.revision, str(self.dtype), str(self.device))
+
+    def _cached(self, key: tuple, load: Callable[[], Any], *, hold: bool = False) -> Any:
+        """Return the cached value for `key`, loading it exactly once even when many threads ask at the same time.
+
+        With `hold`, the entry is marked in use (atomically with the lookup) until `_release(key)`.
+        """
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry:
+                self._cache.move_to_end(key)
+                entry.users += hold
+                return entry.value
+            pending = self._loading.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._loading[key] = Future()
+        if not owner:
+            pending.result()
+            return self._cached(key, load, hold=hold)
+        try:
+            value = load()
+            nbytes = module_bytes(value)
+            with self._lock:
+                self._evict_for(nbytes)
+            # On the device before it is visible to others: nobody runs on half-moved weights.
+            value = self._to_device(value, nbytes)
+            with self._lock:
+                self._cache[key] = _Entry(value, nbytes, users=int(hold))
+            pending.set_result(value)
+            return value
+        except BaseException as error:
+            pending.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                del self._loading[key]
+
+    def _release(self, key: tuple) -> None:
+        with self._lock:
+            if key in self._cache:
+                self._cache[key].users -= 1
+
+    def _evict_for(self, nbytes: int) -> None:
+        """Drop least recently used models that no job is using until `nbytes` more fit in the budget."""
+        if self.budget is None:
+            return
+        for key in list(self._cache):
+            if self.loaded_bytes() + nbytes <= self.budget:
+                break
+            if self._cache[key].users == 0:
+                del self._cache[key]
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _to_device(self, value: Any, nbytes: int) -> Any:
+        too_big = self.budget is not None and nbytes > self.budget
+        if isinstance(value, DiffusionPipeline) and too_big and self.device.type == "cuda":
+            # Larger than the whole budget: keep weights in RAM and move each model to the GPU only while it runs.
+            value.enable_model_cpu_offload(device=self.device)
+        else:
+            value.to(self.device)
+        return value
+
+    def loaded_bytes(self) -> int:
+        return sum(e.nbytes for e in self._cache.values())
+
+    def loaded(self) -> list[str]:
+        """Human-readable names of what is in memory, least recently used first."""
+        return [f"{k[2]} ({e.nbytes / 2**20:.0f} MiB)" for k, e in self._cache.items()]
+
+    def _from_pretrained(self, cls: Any, source: ModelSource, on_progress: ProgressFn | None) -> Any:
+        """Load from cache or disk first; touch the network only when allowed and reachable, and fail fast if not."""
+        kwargs: dict[str, Any] = dict(dtype=self.dtype, use_safetensors=None if self.allow_pickle else True)
+        if source.revision:
+            kwargs["revision"] = source.revision
+        if source.fp16_variant and self.dtype == torch.float16:
+            kwargs["variant"] = "fp16"
+        if on_progress:
+            on_progress(0.0, f"Loading {source.name}")
+        self.load_count += 1
+        if source.kind == "single_file":
+            return cls.from_single_file(source.location, dtype=self.dtype)
+        if source.kind == "folder":
+            return self._explain_missing_safetensors(cls, source.location, kwargs)
+        try:
+            return cls.from_pretrained(source.location, local_files_only=True, **kwargs)
+        except OSError:
+            pass  # not in the local Hub cache yet
+        if self.offline or not hub_reachable():
+            why = "offline mode is on (--offline or HF_HUB_OFFLINE=1)" if self.offline else "the Hugging Face Hub cannot be reached"
+            raise ModelUnavailable(
+                f"Model '{source.location}' is not on this machine and {why}. To provide it: point --model at a local "
+                f"diffusers folder or .safetensors file; or, on a machine with internet, run "
+                f"`hf download {source.location} --local-dir {source.location.split('/')[-1]}` (older hubs: "
+                f"`huggingface-cli download ...`) and copy that folder here, then pass --model with its path.")
+        if on_progress:
+            on_progress(0.0, f"Downloading {source.location} (first use only)")
+        return self._explain_missing_safetensors(cls, source.location, kwargs)
+
+    @staticmethod
+    def _explain_missing_safetensors(cls: Any, location: str, kwargs: dict) -> Any:
+        try:
+            return cls.from_pretrained(location, **kwargs)
+        except (OSError, EnvironmentError) as error:
+            if "safetensors" in str(error) and kwargs.get("use_safetensors"):
+                raise ModelUnavailable(f"{location} has no .safetensors weights. The studio does not load pickle "
+                                       "weights unless started with --allow-pickle.") from error
+            raise ModelUnavailable(f"Could not load {location}: {error}") from error
+
+    # 3. What the tabs call
+    def base(self, spec: str, *, on_progress: ProgressFn | None = None) -> StableDiffusionPipeline:
+        """The cached base text-to-image pipeline for `spec`; loads it the first time."""
+        return self._base(self.resolve(spec), on_progress, hold=False)
+
+    def _base(self, source: ModelSource, on_progress: ProgressFn | None, *, hold: bool) -> StableDiffusionPipeline:
+        def load() -> StableDiffusionPipeline:
+            pipe = self._from_pretrained(StableDiffusionPipeline, source, on_progress)
+            pipe.set_progress_bar_config(desc="Denoising")
+            if self.compile:
+                pipe.unet = torch.compile(pipe.unet)
+            return pipe
+
+        return self._cached(self._key(source, "pipeline"), load, hold=hold)
+
+    def component(self, spec: str, *, on_progress: ProgressFn | None = None) -> ControlNetModel | T2IAdapter:
+        """A cached ControlNet or T2I-Adapter, by catalog name (section tells the class) or path/hub id."""
+        found = self.catalog.find(spec)
+        if not found or found[0] not in COMPONENT_CLASSES:
+            raise ModelUnavailable(f"'{spec}' is not a ControlNet or T2I-Adapter in the catalog.")
+        cls = COMPONENT_CLASSES[found[0]]
+        source = self.resolve(spec)
+        return self._cached(self._key(source, found[0]), lambda: self._from_pretrained(cls, source, on_progress))
+
+    def pipeline(self, spec: str, cls: type[DiffusionPipeline] = StableDiffusionPipeline,
+                 *, on_progress: ProgressFn | None = None, **components: Any) -> DiffusionPipeline:
+        """A pipeline of class `cls` over the shared base model, with extra or replaced components (a ControlNet, a
+        scheduler). Derived with `from_pipe`: no weights are copied, and the new object is the caller's to change."""
+        return self._derive(self.base(spec, on_progress=on_progress), cls, components)
+
+    def _derive(self, base: StableDiffusionPipeline, cls: type[DiffusionPipeline], components: dict) -> DiffusionPipeline:
+        # from_pipe casts every module to `torch_dtype`, float32 by default: always pass ours, or the shared fp16
+        # UNet would be converted in place for every tab.
+        return cls.from_pipe(base, dtype=self.dtype, **components)
+
+    @contextmanager
+    def lend(self, spec: str, cls: type[DiffusionPipeline] = StableDiffusionPipeline,
+             *, on_progress: ProgressFn | None = None, **components: Any) -> Iterator[DiffusionPipeline]:
+        """Use a pipeline exclusively: one job at a time runs on the shared weights, and the model cannot be evicted
+        while it is lent."""
+        source = self.resolve(spec)
+        with self.gpu_lock:
+            base = self._base(source, on_progress, hold=True)
+            try:
+                yield self._derive(base, cls, components)
+            finally:
+                self._release(self._key(source, "pipeline"))
+
+    def source_note(self, spec: str) -> str:
+        """The catalog's warning for a model (e.g. that the tiny model draws noise), or ""."""
+        return self.resolve(spec).note
+
+
+def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """VAE-decode latents to images in [0, 1], NCHW float32.
+
+    SD VAEs can overflow in fp16 (NaN, black images). If that happens, this batch is decoded again in fp32 and the
+    shared VAE is put back to its dtype afterwards.
+    """
+    vae = pipe.vae
+    with torch.no_grad():
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        if not torch.isfinite(image).all() and vae.dtype != torch.float32:
+            dtype = vae.dtype
+            try:
+                vae.to(torch.float32)
+                image = vae.decode(latents.float() / vae.config.scaling_factor).sample
+            finally:
+                vae.to(dtype)
+    return (image.float() / 2 + 0.5).clamp(0, 1)

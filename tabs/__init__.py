@@ -1,0 +1,61 @@
+"""One thin module per tab: components, layout and the wiring to `studio/`. Shared pieces live here."""
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.jobs import Cancelled, CancelFlags
+from studio.models import ModelManager, ModelUnavailable
+
+GPU = "gpu"  # every event that runs a model shares this concurrency id: one job on the GPU at a time
+
+
+@dataclass
+class SendTarget:
+    """A tab that accepts an image (and optionally its prompt and seed) from another tab's "Send to" button."""
+
+    label: str
+    tab_id: str
+    image: gr.components.Component
+    prompt: gr.components.Component | None = None
+    seed: gr.components.Component | None = None
+
+
+@dataclass
+class StudioContext:
+    """What every tab's `build` receives: the shared model manager and per-app (never per-module) state."""
+
+    manager: ModelManager
+    model: str
+    outputs: Path
+    cancel: CancelFlags = field(default_factory=CancelFlags)
+    send_targets: list[SendTarget] = field(default_factory=list)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn the studio's exceptions into messages in the UI; the app stays up."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Cancelled as stop:
+            raise gr.Error(f"{stop}.", title="Cancelled") from None
+        except ModelUnavailable as error:
+            raise gr.Error(str(error), title="Model not available", duration=None) from None
+        except ValueError as error:
+            raise gr.Error(str(error), title="Please check the input") from None
+
+    return wrapper
+
+
+def slider(params_cls: Any, name: str, label: str, value: Any = None, **kwargs: Any) -> gr.Slider:
+    """A slider whose range and help text come from the params dataclass, so they are defined once."""
+    meta = params_cls.meta(name)
+    default = next(f.default for f in params_cls.__dataclass_fields__.values() if f.name == name)
+    return gr.Slider(meta["min"], meta["max"], step=meta["step"], value=default if value is None else value,
+                     label=label, info=meta["help"], **kwargs)

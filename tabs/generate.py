@@ -1,0 +1,118 @@
+"""Generate tab: text to image, with reproducible seeds, PNGs that carry their parameters, and "Send to" buttons."""
+
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import gradio as gr
+import yaml
+
+from studio.generate import SCHEDULERS, GenerateParams, read_png_params, run_generate, save_png
+from tabs import GPU, SendTarget, StudioContext, slider, user_errors
+
+EXAMPLES = Path(__file__).parent.parent / "presets" / "generate.yaml"
+FIELDS = [f.name for f in fields(GenerateParams)]
+
+
+class GenerateTab:
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        size = ctx.manager.resolve(ctx.model).size
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    self.prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a watercolor fox in the snow",
+                                             info="What to draw. CLIP reads the first 75 words-pieces.")
+                    self.negative_prompt = gr.Textbox(label="Negative prompt", lines=1,
+                                                      placeholder="blurry, low quality",
+                                                      info="What to steer away from (used with guidance > 1).")
+                    with gr.Row():
+                        self.run = gr.Button("Generate", variant="primary", scale=3)
+                        self.stop = gr.Button("Cancel", variant="stop", scale=1)
+                    with gr.Row(equal_height=True):
+                        meta = GenerateParams.meta("seed")
+                        self.seed = gr.Number(-1, label="Seed", precision=0, minimum=meta["min"],
+                                              maximum=meta["max"], info=meta["help"], scale=3)
+                        self.random_seed = gr.Button("🎲 Random", size="sm", scale=1)
+                        self.reuse_seed = gr.Button("♻️ Last seed", size="sm", scale=1)
+                    self.steps = slider(GenerateParams, "steps", "Steps")
+                    self.cfg = slider(GenerateParams, "cfg", "Guidance (CFG)")
+                    with gr.Row():
+                        self.width = slider(GenerateParams, "width", "Width", value=size)
+                        self.height = slider(GenerateParams, "height", "Height", value=size)
+                    with gr.Row():
+                        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=GenerateParams.scheduler,
+                                                     label="Scheduler", info="The sampler that walks the noise "
+                                                     "down; DPM++ 2M and UniPC need the fewest steps.")
+                        self.n_images = slider(GenerateParams, "n_images", "Images")
+                with gr.Column(scale=1):
+                    self.gallery = gr.Gallery(label="Images", format="png", columns=2, height=520,
+                                              buttons=["download", "fullscreen"], interactive=False)
+                    self.info = gr.Markdown()
+                    self.send_row = gr.Row()
+                    with gr.Accordion("Restore parameters from a studio PNG", open=False):
+                        self.restore = gr.File(label="Drop a PNG made here", file_types=[".png"])
+            gr.Examples(yaml.safe_load(EXAMPLES.read_text())["examples"], inputs=[self.prompt, self.negative_prompt],
+                        label="Examples")
+        self.params = [getattr(self, name) for name in FIELDS]
+        self.last = gr.State([])  # metadata of the images in the gallery
+        self.selected = gr.State(0)
+        self._wire()
+
+    def _wire(self) -> None:
+        event = self.run.click(self.generate, inputs=self.params, outputs=[self.gallery, self.info, self.last],
+                               api_name="generate", concurrency_id=GPU, concurrency_limit=1)
+        self.stop.click(self.cancel, None, None, cancels=[event], api_name="cancel_generate", queue=False)
+        self.random_seed.click(lambda: -1, None, self.seed, api_name=False, queue=False)
+        self.reuse_seed.click(lambda last: last[0]["seed"] if last else -1, self.last, self.seed, api_name=False,
+                              queue=False)
+        self.gallery.select(lambda e: e.index, None, self.selected, api_name=False, queue=False)
+        self.restore.upload(self.restore_params, self.restore, self.params, api_name="restore_params")
+
+    @user_errors
+    def generate(self, prompt: str, negative_prompt: str, seed: float | None, steps: float, cfg: float, width: float,
+                 height: float, scheduler: str, n_images: float, request: gr.Request,
+                 progress=gr.Progress(track_tqdm=True)):
+        params = GenerateParams(prompt or "", negative_prompt or "", -1 if seed is None else int(seed), int(steps),
+                                float(cfg), int(width), int(height), scheduler, int(n_images))
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        started = time.perf_counter()
+        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+            result = run_generate(pipe, params, model_name=self.ctx.model, should_stop=stop.is_set,
+                                  on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
+        for warning in result.warnings:
+            gr.Warning(warning)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        paths = [str(save_png(image, meta, self.ctx.outputs / f"{stamp}-{meta['image_seed']}.png"))
+                 for image, meta in zip(result.images, result.metadata)]
+        seeds = f"{result.seed}" if len(paths) == 1 else f"{result.seed}–{result.seed + len(paths) - 1}"
+        info = (f"**Seed {seeds}** · {time.perf_counter() - started:.1f} s · {params.steps} steps "
+                f"{params.scheduler} · {result.metadata[0]['width']}×{result.metadata[0]['height']} · "
+                f"saved to `{self.ctx.outputs}`")
+        return paths, info, result.metadata
+
+    def cancel(self, request: gr.Request):
+        self.ctx.cancel.cancel(request.session_hash if request else "api")
+
+    @user_errors
+    def restore_params(self, path: str):
+        params = asdict(read_png_params(path))
+        return [params[name] for name in FIELDS]
+
+    def wire_send_to(self, targets: list[SendTarget], tabs: gr.Tabs) -> None:
+        """One "Send to" button per registered target: the selected image with its prompt and seed."""
+        for target in targets:
+            with self.send_row:
+                button = gr.Button(f"Send to {target.label} ➜", size="sm")
+            outputs = [c for c in (target.image, target.prompt, target.seed) if c is not None]
+
+            def send(gallery, last, index, target=target):
+                if not gallery:
+                    raise gr.Error("Generate an image first.")
+                index = min(index, len(gallery) - 1)
+                values = [gallery[index][0]]
+                values += [last[index]["prompt"]] if target.prompt is not None else []
+                values += [last[index]["image_seed"]] if target.seed is not None else []
+                return [*values, gr.Tabs(selected=target.tab_id)]
+
+            button.click(send, [self.gallery, self.last, self.selected], [*outputs, tabs], api_name=False)

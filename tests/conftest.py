@@ -1,0 +1,50 @@
+"""Shared fixtures: one tiny model family per test session, a model manager over it, and the live app."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from studio.models import ModelManager
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (still runs in CI)")
+    config.addinivalue_line("markers", "browser: drives the real app in headless chromium")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built-in models are built here once per test session (the tiny family takes a few seconds)."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def manager(model_cache: Path) -> ModelManager:
+    return ModelManager("cpu", cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(manager: ModelManager) -> Path:
+    """The tiny family's folder: sd/, controlnet/, t2i-adapter/ in diffusers layout."""
+    return Path(manager.resolve("tiny").location).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(manager: ModelManager, tmp_path_factory: pytest.TempPathFactory):
+    """The real app on 127.0.0.1, as `python app.py` builds it, with the tiny model."""
+    from app import build_app
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    demo = build_app(manager, "tiny", outputs)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        allowed_paths=[str(outputs)])
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -1,0 +1,98 @@
+"""Generation on the tiny model: reproducible seeds, PNG parameters, input checks, cancel."""
+
+import numpy as np
+import pytest
+
+from studio.generate import SCHEDULERS, GenerateParams, read_png_params, run_generate, save_png
+from studio.jobs import Cancelled
+
+FAST = dict(prompt="a red circle on the left", steps=4, width=64, height=64)
+
+
+def generate(manager, **kwargs):
+    with manager.lend("tiny") as pipe:
+        return run_generate(pipe, GenerateParams(**{**FAST, **kwargs}), model_name="tiny")
+
+
+def pixels(result, i=0):
+    return np.asarray(result.images[i])
+
+
+def test_same_seed_same_pixels_and_other_seed_other_pixels(manager):
+    a, b, c = generate(manager, seed=7), generate(manager, seed=7), generate(manager, seed=8)
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(c))
+
+
+def test_random_seed_is_reported_and_reproduces(manager):
+    first = generate(manager, seed=-1)
+    assert 0 <= first.seed < 2**32
+    assert np.array_equal(pixels(first), pixels(generate(manager, seed=first.seed)))
+
+
+def test_batch_uses_consecutive_seeds(manager):
+    batch = generate(manager, seed=10, n_images=3)
+    assert len(batch.images) == 3
+    assert [m["image_seed"] for m in batch.metadata] == [10, 11, 12]
+    assert len({pixels(batch, i).tobytes() for i in range(3)}) == 3
+
+
+def test_png_parameters_round_trip_and_reproduce_the_image(manager, tmp_path):
+    result = generate(manager, seed=3, negative_prompt="blurry", scheduler="Euler a", cfg=5.0)
+    path = save_png(result.images[0], result.metadata[0], tmp_path / "out.png")
+    params = read_png_params(path)
+    assert params == GenerateParams(**{**FAST, "seed": 3, "negative_prompt": "blurry", "scheduler": "Euler a",
+                                       "cfg": 5.0})
+    from PIL import Image
+    with Image.open(path) as image:
+        text = image.info["parameters"]
+    assert text.startswith("a red circle on the left\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a")
+    with manager.lend("tiny") as pipe:
+        again = run_generate(pipe, params)
+    assert np.array_equal(np.asarray(Image.open(path)), pixels(again))
+
+
+def test_non_studio_png_is_refused(tmp_path):
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(ValueError, match="no Diffusion Studio parameters"):
+        read_png_params(tmp_path / "plain.png")
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_every_scheduler_runs_and_is_recorded(manager, scheduler):
+    result = generate(manager, seed=1, scheduler=scheduler, steps=3)
+    assert result.images[0].size == (64, 64) and result.metadata[0]["scheduler"] == scheduler
+    assert pixels(result).std() > 0
+
+
+def test_size_is_rounded_to_a_multiple_of_8_with_a_note(manager):
+    result = generate(manager, seed=1, width=70, height=100)
+    assert result.images[0].size == (72, 96)
+    assert any("70 was rounded to 72" in w for w in result.warnings)
+    assert any("100 was rounded to 96" in w for w in result.warnings)
+
+
+def test_long_prompt_is_truncated_with_a_warning(manager):
+    result = generate(manager, seed=1, prompt="a red circle and a blue square " * 20)
+    assert any("the text encoder reads only 77" in w for w in result.warnings)
+    assert not generate(manager, seed=1).warnings
+
+
+@pytest.mark.parametrize("bad, match", [(dict(width=4096), "width must be between"),
+                                        (dict(steps=0), "steps must be between"),
+                                        (dict(n_images=20), "n_images must be between"),
+                                        (dict(scheduler="PLMS"), "Unknown scheduler")])
+def test_bad_parameters_are_refused_with_a_message(manager, bad, match):
+    with pytest.raises(ValueError, match=match):
+        generate(manager, **bad)
+
+
+def test_cancel_stops_between_steps(manager):
+    steps_done = []
+    with manager.lend("tiny") as pipe:
+        with pytest.raises(Cancelled):
+            run_generate(pipe, GenerateParams(**{**FAST, "steps": 50, "seed": 1}),
+                         on_step=lambda i, n: steps_done.append(i), should_stop=lambda: len(steps_done) >= 2)
+    assert len(steps_done) == 2, "no UNet step should run after the stop"
+    assert generate(manager, seed=1).images, "the model is usable again after a cancel"

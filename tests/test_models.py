@@ -1,0 +1,195 @@
+"""ModelManager: naming, caching, sharing through from_pipe, eviction, thread safety and offline failures."""
+
+import gc
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import (
+    ControlNetModel,
+    StableDiffusionAdapterPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    T2IAdapter,
+)
+
+from studio.models import Catalog, ModelManager, ModelUnavailable, decode_latents, module_bytes
+
+
+def test_cache_hit_returns_the_same_objects(manager):
+    first = manager.base("tiny")
+    loads = manager.load_count
+    again = manager.base("tiny")
+    assert again is first and again.unet is first.unet
+    assert manager.load_count == loads
+
+
+def test_same_folder_by_path_or_by_name_is_one_model(manager, tiny_root):
+    assert manager.base(str(tiny_root / "sd")) is manager.base("tiny")
+
+
+def test_from_pipe_shares_components(manager):
+    base = manager.base("tiny")
+    img2img = manager.pipeline("tiny", StableDiffusionImg2ImgPipeline)
+    control = manager.pipeline("tiny", StableDiffusionControlNetPipeline,
+                               controlnet=manager.component("tiny-controlnet"))
+    adapter = manager.pipeline("tiny", StableDiffusionAdapterPipeline, adapter=manager.component("tiny-t2i-adapter"))
+    for pipe in (img2img, control, adapter):
+        assert pipe is not base
+        assert (id(pipe.unet), id(pipe.vae), id(pipe.text_encoder)) == (id(base.unet), id(base.vae),
+                                                                         id(base.text_encoder))
+    assert isinstance(control.controlnet, ControlNetModel) and isinstance(adapter.adapter, T2IAdapter)
+    assert manager.component("tiny-controlnet") is control.controlnet
+
+
+def test_derived_pipeline_keeps_the_shared_dtype(model_cache):
+    # diffusers' from_pipe casts to float32 unless told otherwise, which would silently upcast the shared fp16 UNet.
+    half = ModelManager("cpu", dtype=torch.float16, cache_dir=model_cache)
+    half.pipeline("tiny", StableDiffusionImg2ImgPipeline)
+    assert half.base("tiny").unet.dtype == torch.float16
+
+
+def test_lru_eviction_under_a_memory_budget(manager, model_cache, tiny_root, tmp_path):
+    copy = tmp_path / "copy"
+    StableDiffusionPipeline.from_pretrained(tiny_root / "sd").save_pretrained(copy)
+    one_model = module_bytes(manager.base("tiny"))
+    budget = ModelManager("cpu", cache_dir=model_cache, memory_budget_gb=1.5 * one_model / 2**30)
+    first = weakref.ref(budget.base("tiny"))
+    budget.base(str(copy))
+    gc.collect()
+    assert first() is None, "the least recently used model should have been freed"
+    assert len(budget.loaded()) == 1 and str(copy) in budget.loaded()[0]
+    assert budget.loaded_bytes() <= budget.budget
+
+
+def test_a_lent_model_is_not_evicted(model_cache, tiny_root, tmp_path):
+    copies = [tmp_path / "copy1", tmp_path / "copy2"]
+    for copy in copies:
+        StableDiffusionPipeline.from_pretrained(tiny_root / "sd").save_pretrained(copy)
+    budget = ModelManager("cpu", cache_dir=model_cache, memory_budget_gb=1e-6)
+    with budget.lend("tiny"):
+        budget.base(str(copies[0]))
+        assert any("tiny" in name for name in budget.loaded())
+    budget.base(str(copies[1]))  # the next load may evict "tiny" now that nobody uses it
+    assert not any("tiny" in name for name in budget.loaded())
+
+
+def test_concurrent_requests_load_once(model_cache):
+    fresh = ModelManager("cpu", cache_dir=model_cache)
+    results, start = [], threading.Barrier(8)
+
+    def ask():
+        start.wait()
+        results.append(fresh.base("tiny"))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fresh.load_count == 1
+    assert len(results) == 8 and all(r is results[0] for r in results)
+
+
+def test_a_failed_load_is_reported_to_every_waiter_and_can_be_retried(model_cache, tmp_path):
+    fresh = ModelManager("cpu", cache_dir=model_cache)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text("{not json")
+    for _ in range(2):
+        with pytest.raises(ModelUnavailable, match="broken"):
+            fresh.base(str(tmp_path / "broken"))
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "no network"])
+def test_missing_hub_model_fails_fast_with_instructions(model_cache, monkeypatch, how):
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr("studio.models.hub_reachable", lambda *a, **k: False)
+    offline = ModelManager("cpu", cache_dir=model_cache)
+    started = time.perf_counter()
+    with pytest.raises(ModelUnavailable) as error:
+        offline.base("sd15")
+    assert time.perf_counter() - started < 10
+    message = str(error.value)
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+    assert "--model" in message and "download" in message
+
+
+def test_hub_probe_answers_within_its_timeout():
+    from studio.models import hub_reachable
+
+    started = time.perf_counter()
+    hub_reachable("https://10.255.255.1", timeout=1.0)  # a black-hole address: must not hang
+    assert time.perf_counter() - started < 3
+
+
+def test_pickles_are_refused_unless_allowed(model_cache, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really a checkpoint")
+    with pytest.raises(ModelUnavailable, match="--allow-pickle"):
+        ModelManager("cpu", cache_dir=model_cache).resolve(str(ckpt))
+    assert ModelManager("cpu", cache_dir=model_cache, allow_pickle=True).resolve(str(ckpt)).kind == "single_file"
+
+
+def test_folder_without_safetensors_is_refused(manager, tiny_root, tmp_path):
+    pickled = tmp_path / "pickled"
+    StableDiffusionPipeline.from_pretrained(tiny_root / "sd").save_pretrained(pickled, safe_serialization=False)
+    with pytest.raises(ModelUnavailable, match="allow-pickle"):
+        manager.base(str(pickled))
+
+
+@pytest.mark.parametrize("spec, kind", [("sd15", "hub"), ("someone/some-model@v2", "hub"),
+                                        ("tiny", "folder"), ("model.safetensors", "single_file")])
+def test_resolve(manager, tmp_path, monkeypatch, spec, kind):
+    monkeypatch.chdir(tmp_path)
+    Path("model.safetensors").write_bytes(b"")
+    source = manager.resolve(spec)
+    assert source.kind == kind
+    if spec.endswith("@v2"):
+        assert (source.location, source.revision) == ("someone/some-model", "v2")
+
+
+@pytest.mark.parametrize("spec", ["./missing-folder", "not a model name", "notes.txt"])
+def test_unknown_specs_get_a_clear_error(manager, tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("hello")
+    with pytest.raises(ModelUnavailable, match="(not found|not a model)"):
+        manager.resolve(spec)
+
+
+def test_catalog_entries_are_complete():
+    catalog = Catalog.load()
+    for section in ("base", "controlnet", "t2i_adapter", "annotators"):
+        assert catalog.names(section), section
+        for name, entry in catalog.sections[section].items():
+            assert ("repo" in entry) != ("builtin" in entry), name
+    for section in ("controlnet", "t2i_adapter"):
+        assert all("condition" in e for e in catalog.sections[section].values())
+    assert catalog.sections["base"]["sd15"]["repo"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_tiny_model_says_its_pictures_are_noise(manager):
+    assert "noise" in manager.source_note("tiny")
+    assert manager.resolve("tiny").size == 64
+
+
+def test_vae_overflow_in_fp16_is_decoded_in_fp32(manager):
+    pipe = manager.pipeline("tiny")
+    vae = pipe.vae
+    latents = torch.full((1, 4, 8, 8), 3e4)  # overflows fp16 inside the decoder
+    try:
+        vae.to(torch.float16)
+        with torch.no_grad():
+            raw = vae.decode(latents.half() / vae.config.scaling_factor).sample
+        assert not torch.isfinite(raw).all(), "the test needs a latent that overflows in fp16"
+        image = decode_latents(pipe, latents)
+        assert torch.isfinite(image).all() and image.shape == (1, 3, 64, 64)
+        assert vae.dtype == torch.float16, "the shared VAE must get its dtype back"
+    finally:
+        vae.to(torch.float32)
