@@ -1,6 +1,7 @@
 """Diffusion Studio: `python app.py --help` for the flags. Parses flags, builds the Blocks from tabs/, launches."""
 
 import argparse
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -18,8 +19,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="catalog name (sd15, tiny), Hub id, diffusers folder or .safetensors file")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best one present)")
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
-    p.add_argument("--port", type=int, default=7860)
+    # Hugging Face Spaces and Docker set GRADIO_SERVER_NAME/PORT; flags still win.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="0.0.0.0 to serve your network")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="also serve on a temporary public gradio.live link")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image)")

@@ -22,19 +22,21 @@ class GenerateTab:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
                     self.prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a watercolor fox in the snow",
-                                             info="What to draw. CLIP reads the first 75 words-pieces.")
+                                             info="What to draw. CLIP reads the first 75 word pieces.",
+                                             elem_id="gen-prompt")
                     self.negative_prompt = gr.Textbox(label="Negative prompt", lines=1,
                                                       placeholder="blurry, low quality",
                                                       info="What to steer away from (used with guidance > 1).")
                     with gr.Row():
-                        self.run = gr.Button("Generate", variant="primary", scale=3)
+                        self.run = gr.Button("Generate", variant="primary", scale=3, elem_id="gen-run")
                         self.stop = gr.Button("Cancel", variant="stop", scale=1)
                     with gr.Row(equal_height=True):
                         meta = GenerateParams.meta("seed")
                         self.seed = gr.Number(-1, label="Seed", precision=0, minimum=meta["min"],
-                                              maximum=meta["max"], info=meta["help"], scale=3)
-                        self.random_seed = gr.Button("🎲 Random", size="sm", scale=1)
-                        self.reuse_seed = gr.Button("♻️ Last seed", size="sm", scale=1)
+                                              maximum=meta["max"], info=meta["help"], scale=3, elem_id="gen-seed")
+                        with gr.Column(scale=1, min_width=120):
+                            self.random_seed = gr.Button("Random seed", size="sm")
+                            self.reuse_seed = gr.Button("Reuse last seed", size="sm")
                     self.steps = slider(GenerateParams, "steps", "Steps")
                     self.cfg = slider(GenerateParams, "cfg", "Guidance (CFG)")
                     with gr.Row():
@@ -47,7 +49,8 @@ class GenerateTab:
                         self.n_images = slider(GenerateParams, "n_images", "Images")
                 with gr.Column(scale=1):
                     self.gallery = gr.Gallery(label="Images", format="png", columns=2, height=520,
-                                              buttons=["download", "fullscreen"], interactive=False)
+                                              buttons=["download", "fullscreen"], interactive=False,
+                                              elem_id="gen-gallery")
                     self.info = gr.Markdown()
                     self.send_row = gr.Row()
                     with gr.Accordion("Restore parameters from a studio PNG", open=False):
@@ -66,7 +69,7 @@ class GenerateTab:
         self.random_seed.click(lambda: -1, None, self.seed, api_name=False, queue=False)
         self.reuse_seed.click(lambda last: last[0]["seed"] if last else -1, self.last, self.seed, api_name=False,
                               queue=False)
-        self.gallery.select(lambda e: e.index, None, self.selected, api_name=False, queue=False)
+        self.gallery.select(self.select, None, self.selected, api_name=False, queue=False)
         self.restore.upload(self.restore_params, self.restore, self.params, api_name="restore_params")
 
     @user_errors
@@ -90,6 +93,10 @@ class GenerateTab:
                 f"{params.scheduler} · {result.metadata[0]['width']}×{result.metadata[0]['height']} · "
                 f"saved to `{self.ctx.outputs}`")
         return paths, info, result.metadata
+
+    @staticmethod
+    def select(event: gr.SelectData) -> int:
+        return event.index
 
     def cancel(self, request: gr.Request):
         self.ctx.cancel.cancel(request.session_hash if request else "api")

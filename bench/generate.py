@@ -1,0 +1,97 @@
+"""Text-to-image speed: the studio's path (ModelManager + run_generate) vs plain diffusers, in one run.
+
+    python -m bench.generate            # CUDA: SD1.5 architecture, random weights, 25 steps at 512x512 with CFG
+    python -m bench.generate --tiny     # any device: the tiny test model (checks the script itself)
+
+Prints a table: seconds per image, UNet iterations per second and peak memory for both paths. Each path is timed with
+the other's weights unloaded, after one warm-up image.
+"""
+
+import argparse
+import gc
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from bench.sd15 import save_random_sd15
+from studio.device import describe, dtype_for, pick_device
+from studio.generate import GenerateParams, make_scheduler, run_generate
+from studio.models import ModelManager
+
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def measure(run: Callable[[], None], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Seconds per call and peak memory in GiB (CUDA only), after one warm-up call."""
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return (time.perf_counter() - started) / repeats, peak
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="the tiny random model instead of SD1.5's architecture")
+    p.add_argument("--device", help="default: the best one present")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--size", type=int, help="default: 512 (SD1.5) or 64 (tiny)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scheduler", default="DPM++ 2M")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    manager = ModelManager(str(device), cache_dir=args.workdir)
+    folder = manager.resolve("tiny").location if args.tiny else str(save_random_sd15(args.workdir / "sd15-random"))
+    size = args.size or manager.resolve(folder).size
+    params = GenerateParams(PROMPT, steps=args.steps, cfg=7.5, width=size, height=size, seed=0,
+                            scheduler=args.scheduler)
+
+    # 1. The studio's path: cached model, lent pipeline, CPU-seeded noise, guarded VAE decode
+    def studio() -> None:
+        with manager.lend(folder) as pipe:
+            run_generate(pipe, params)
+
+    rows = [("studio", *measure(studio, device, args.repeats))]
+    del manager
+    free(device)
+
+    # 2. Plain diffusers, as its documentation shows
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=dtype_for(device)).to(device)
+    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+
+    def plain() -> None:
+        pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, height=size, width=size,
+             generator=torch.Generator(device).manual_seed(0))
+
+    rows.append(("plain diffusers", *measure(plain, device, args.repeats)))
+
+    print(f"\n{'tiny model' if args.tiny else 'SD1.5 architecture, random weights'} · {size}x{size} · "
+          f"{args.steps} steps {args.scheduler} · CFG 7.5 · {describe(device)} · torch {torch.__version__}")
+    print(f"| path | s/image | it/s | peak memory (GiB) |\n|---|---|---|---|")
+    table = []
+    for name, seconds, peak in rows:
+        print(f"| {name} | {seconds:.3f} | {args.steps / seconds:.1f} | {peak:.2f} |")
+        table.append({"path": name, "seconds": seconds, "it_per_s": args.steps / seconds, "peak_gib": peak})
+    return table
+
+
+if __name__ == "__main__":
+    main()

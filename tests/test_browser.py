@@ -1,0 +1,72 @@
+"""A person's path through the app in a real browser (Debian chromium driven by Playwright)."""
+
+import os
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(os.environ.get("SCREENSHOTS", Path(__file__).parent.parent / "outputs" / "screenshots"))
+
+
+@pytest.fixture(scope="module")
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see README, Running the tests)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield page
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_type_a_prompt_click_generate_and_see_an_image(page, app_url):
+    page.goto(app_url)
+    page.get_by_text("its pictures are noise").first.wait_for(timeout=30_000)
+    page.locator("#gen-prompt textarea").fill("a red circle on the left")
+    page.locator("#gen-run").click()
+    page.locator("#gen-gallery img").first.wait_for(timeout=60_000)
+    assert page.get_by_text("Seed").first.is_visible()
+    shot(page, "generate")
+
+
+def test_send_to_another_tab_carries_image_prompt_and_seed(page, manager, tmp_path):
+    from tabs import SendTarget, StudioContext
+    from tabs.generate import GenerateTab
+    from tests.conftest import free_port
+
+    ctx = StudioContext(manager, "tiny", tmp_path)
+    with gr.Blocks() as demo:
+        with gr.Tabs() as tabs:
+            generate = GenerateTab(ctx)
+            with gr.Tab("Target", id="target"):
+                image, prompt, seed = gr.Image(label="Received", elem_id="received"), gr.Textbox(label="Received prompt"), gr.Number(
+                    label="Received seed")
+        generate.wire_send_to([SendTarget("Target", "target", image, prompt, seed)], tabs)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        allowed_paths=[str(tmp_path)])
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#gen-prompt textarea").fill("a blue star")
+        page.locator("#gen-seed input").fill("1234")
+        page.locator("#gen-run").click()
+        page.get_by_text("Seed 1234").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Send to Target ➜").click()
+        page.get_by_label("Received prompt").wait_for(timeout=10_000)
+        assert page.get_by_label("Received prompt").input_value() == "a blue star"
+        assert page.get_by_label("Received seed").input_value() == "1234"
+        shot(page, "send-to")
+        page.locator("#received img").wait_for(timeout=10_000)
+    finally:
+        demo.close()
