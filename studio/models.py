@@ -9,6 +9,7 @@ processors or adapters on the shared UNet restore them before the lock is releas
 
 import gc
 import json
+import logging
 import os
 import socket
 import threading
@@ -82,6 +83,11 @@ class Catalog:
         return list(self.sections.get(section, {}))
 
 
+def _quiet_empty_fp32_warning(record: logging.LogRecord) -> bool:
+    """diffusers warns on every `from_pipe` that "modules should be kept in float32: []" even when there are none."""
+    return "kept in float32: []" not in record.getMessage()
+
+
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
     """Can we open a TCP connection to the Hub within `timeout` seconds?
 
@@ -150,6 +156,9 @@ class ModelManager:
         self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
         self._loading: dict[tuple, Future] = {}
         self.load_count = 0  # models actually read from disk; tests use it to prove single loading
+        modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
+        if _quiet_empty_fp32_warning not in modeling_logger.filters:
+            modeling_logger.addFilter(_quiet_empty_fp32_warning)
 
     # 1. Naming: catalog entry, hub id, folder or file -> ModelSource
     def resolve(self, spec: str) -> ModelSource:
@@ -266,7 +275,12 @@ class ModelManager:
             on_progress(0.0, f"Loading {source.name}")
         self.load_count += 1
         if source.kind == "single_file":
-            return cls.from_single_file(source.location, dtype=self.dtype)
+            try:
+                return cls.from_single_file(source.location, dtype=self.dtype, local_files_only=self.offline)
+            except (OSError, ValueError) as error:
+                # Single files carry weights only: diffusers fetches the matching config from the Hub once.
+                raise ModelUnavailable(f"Could not load {Path(source.location).name} as a single-file checkpoint: "
+                                       f"{error}. Offline, use a diffusers folder of the same model instead.") from error
         if source.kind == "folder":
             return self._explain_missing_safetensors(cls, source.location, kwargs)
         try:

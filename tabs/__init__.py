@@ -32,8 +32,9 @@ class StudioContext:
     manager: ModelManager
     model: str
     outputs: Path
+    send_to: dict[str, str] = field(default_factory=dict)  # tab id -> label of tabs that take a "Send to"
     cancel: CancelFlags = field(default_factory=CancelFlags)
-    send_targets: list[SendTarget] = field(default_factory=list)
+    send_targets: list[SendTarget] = field(default_factory=list)  # filled in by those tabs as they are built
 
 
 def user_errors(fn: Callable) -> Callable:

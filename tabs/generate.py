@@ -52,14 +52,18 @@ class GenerateTab:
                                               buttons=["download", "fullscreen"], interactive=False,
                                               elem_id="gen-gallery")
                     self.info = gr.Markdown()
-                    self.send_row = gr.Row()
+                    with gr.Row():
+                        # Buttons now, wiring later: the target tabs are built after this one.
+                        self.send_buttons = {tab_id: gr.Button(f"Send to {label} ➜", size="sm")
+                                             for tab_id, label in ctx.send_to.items()}
                     with gr.Accordion("Restore parameters from a studio PNG", open=False):
                         self.restore = gr.File(label="Drop a PNG made here", file_types=[".png"])
             gr.Examples(yaml.safe_load(EXAMPLES.read_text())["examples"], inputs=[self.prompt, self.negative_prompt],
                         label="Examples")
+            # Inside the Tab: a component left directly in gr.Tabs makes Gradio draw the next tab's header twice.
+            self.last = gr.State([])  # metadata of the images in the gallery
+            self.selected = gr.State(0)
         self.params = [getattr(self, name) for name in FIELDS]
-        self.last = gr.State([])  # metadata of the images in the gallery
-        self.selected = gr.State(0)
         self._wire()
 
     def _wire(self) -> None:
@@ -107,10 +111,8 @@ class GenerateTab:
         return [params[name] for name in FIELDS]
 
     def wire_send_to(self, targets: list[SendTarget], tabs: gr.Tabs) -> None:
-        """One "Send to" button per registered target: the selected image with its prompt and seed."""
+        """Each "Send to" button hands the selected image, with its prompt and seed, to its target tab."""
         for target in targets:
-            with self.send_row:
-                button = gr.Button(f"Send to {target.label} ➜", size="sm")
             outputs = [c for c in (target.image, target.prompt, target.seed) if c is not None]
 
             def send(gallery, last, index, target=target):
@@ -122,4 +124,5 @@ class GenerateTab:
                 values += [last[index]["image_seed"]] if target.seed is not None else []
                 return [*values, gr.Tabs(selected=target.tab_id)]
 
-            button.click(send, [self.gallery, self.last, self.selected], [*outputs, tabs], api_name=False)
+            self.send_buttons[target.tab_id].click(send, [self.gallery, self.last, self.selected], [*outputs, tabs],
+                                                   api_name=False)

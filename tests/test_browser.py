@@ -45,7 +45,7 @@ def test_send_to_another_tab_carries_image_prompt_and_seed(page, manager, tmp_pa
     from tabs.generate import GenerateTab
     from tests.conftest import free_port
 
-    ctx = StudioContext(manager, "tiny", tmp_path)
+    ctx = StudioContext(manager, "tiny", tmp_path, send_to={"target": "Target"})
     with gr.Blocks() as demo:
         with gr.Tabs() as tabs:
             generate = GenerateTab(ctx)
@@ -62,10 +62,12 @@ def test_send_to_another_tab_carries_image_prompt_and_seed(page, manager, tmp_pa
         page.locator("#gen-seed input").fill("1234")
         page.locator("#gen-run").click()
         page.get_by_text("Seed 1234").wait_for(timeout=60_000)
+        assert page.locator("[role=tab]").all_inner_texts() == ["Generate", "Target"]
         page.get_by_role("button", name="Send to Target ➜").click()
         page.get_by_label("Received prompt").wait_for(timeout=10_000)
         assert page.get_by_label("Received prompt").input_value() == "a blue star"
         assert page.get_by_label("Received seed").input_value() == "1234"
+        assert page.locator("[role=tab]").all_inner_texts() == ["Generate", "Target"]
         shot(page, "send-to")
         page.locator("#received img").wait_for(timeout=10_000)
     finally:

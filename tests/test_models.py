@@ -193,3 +193,14 @@ def test_vae_overflow_in_fp16_is_decoded_in_fp32(manager):
         assert vae.dtype == torch.float16, "the shared VAE must get its dtype back"
     finally:
         vae.to(torch.float32)
+
+
+def test_single_file_that_is_not_a_checkpoint_gets_a_clear_error(model_cache, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, tmp_path / "odd.safetensors")
+    offline = ModelManager("cpu", cache_dir=model_cache, offline=True)
+    started = time.perf_counter()
+    with pytest.raises(ModelUnavailable, match="odd.safetensors"):
+        offline.base(str(tmp_path / "odd.safetensors"))
+    assert time.perf_counter() - started < 10
