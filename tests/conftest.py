@@ -11,6 +11,8 @@ from studio.models import ModelManager
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still runs in CI)")
     config.addinivalue_line("markers", "browser: drives the real app in headless chromium")
+    # diffusers' schedulers call np.array(tensor, copy=False); numpy 2 warns on every call. Not ours to fix.
+    config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,136 @@
+"""Measure a Shapes model against the world's ground truth.
+
+    python -m studio.shapes.evaluate --model models/shapes/sd --n 200 [--card models/shapes/README.md]
+
+For held-out (colour, shape, position) captions, generate one image per caption and run the OpenCV detector on it:
+a named shape counts as found when a detection sits in its grid cell; its colour and class must then match. For
+one-shape captions the figures are colour, shape class and position accuracy (the bars); for two- and three-shape
+captions they are the same figures per named shape (attribute binding, reported without a bar). With a ControlNet
+or T2I-Adapter, the condition is the Canny map of a held-out scene and the figure is the silhouette IoU between the
+scene's shapes and the detected ones.
+"""
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionAdapterPipeline, StableDiffusionControlNetPipeline
+from PIL import Image
+
+from studio.generate import GenerateParams, make_scheduler
+from studio.models import ModelManager
+from studio.shapes.detect import detect, iou
+from studio.shapes.world import caption_for, sample_scene
+
+CARD_START, CARD_END = "<!-- quality table -->", "<!-- end quality table -->"
+
+
+@dataclass
+class Score:
+    n: int = 0
+    colour: int = 0
+    shape: int = 0
+    position: int = 0
+
+    def row(self, name: str) -> str:
+        pct = [f"{100 * x / max(self.n, 1):.1f}%" for x in (self.colour, self.shape, self.position)]
+        return f"| {name} | {self.n} | {' | '.join(pct)} |"
+
+
+def sample(pipe: DiffusionPipeline, prompts: list[str], seed: int, params: GenerateParams, **extra) -> list[Image.Image]:
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
+    return pipe(prompts, num_inference_steps=params.steps, guidance_scale=params.cfg, generator=generators,
+                height=params.height, width=params.width, **extra).images
+
+
+def score_text(pipe: DiffusionPipeline, n_shapes: int, n: int, params: GenerateParams, batch: int = 8) -> Score:
+    score = Score()
+    scenes = [sample_scene(10_000 + i, n_shapes=n_shapes, split="held_out") for i in range(n)]
+    for start in range(0, n, batch):
+        chunk = scenes[start : start + batch]
+        # The prompt names the shapes only; the background is left to the model.
+        prompts = [re.sub(r", on a .* background$", "", caption_for(s.shapes, s.background)) for s in chunk]
+        for scene, image in zip(chunk, sample(pipe, prompts, start, params)):
+            found = detect(image)
+            for spec in scene.shapes:
+                score.n += 1
+                here = [d for d in found if d.position == spec.position]
+                score.position += bool(here)
+                score.colour += any(d.colour == spec.colour for d in here)
+                score.shape += any(d.shape == spec.shape for d in here)
+    return score
+
+
+def silhouette_iou(pipe: DiffusionPipeline, n: int, params: GenerateParams, **extra) -> float:
+    from studio.shapes.train import canny
+
+    ious = []
+    for i in range(n):
+        scene = sample_scene(20_000 + i, side=params.width, split="held_out")
+        condition = Image.fromarray(canny(np.asarray(scene.image)))
+        image = sample(pipe, [caption_for(scene.shapes, scene.background)], i, params, image=condition, **extra)[0]
+        truth = np.any(scene.masks, axis=0)
+        found = np.zeros_like(truth)
+        for detection in detect(image):
+            found |= detection.mask
+        ious.append(iou(truth, found))
+    return float(np.mean(ious))
+
+
+def evaluate(model: str, n: int, *, controlnet: str | None = None, adapter: str | None = None,
+             steps: int = 20, cfg: float = 7.5, device: str | None = None) -> str:
+    """Run the evaluation and return the markdown table."""
+    manager = ModelManager(device)
+    params = GenerateParams(steps=steps, cfg=cfg, width=64, height=64)
+    pipe = manager.pipeline(model)
+    pipe.scheduler = make_scheduler("DPM++ 2M", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    lines = ["| captions | named shapes | colour | shape | position |", "|---|---|---|---|---|"]
+    for k in (1, 2, 3):
+        lines.append(score_text(pipe, k, n if k == 1 else max(n // 4, 4), params).row(f"{k} shape{'s' * (k > 1)}"))
+    for name, path, cls, key in (("ControlNet", controlnet, StableDiffusionControlNetPipeline, "controlnet"),
+                                 ("T2I-Adapter", adapter, StableDiffusionAdapterPipeline, "adapter")):
+        if path:
+            from diffusers import ControlNetModel, T2IAdapter
+
+            model_cls = ControlNetModel if key == "controlnet" else T2IAdapter
+            extra = model_cls.from_pretrained(path, dtype=manager.dtype).to(manager.device)
+            derived = manager.pipeline(model, cls, **{key: extra})
+            derived.scheduler = pipe.scheduler
+            derived.set_progress_bar_config(disable=True)
+            lines.append(f"\n{name} silhouette IoU (held-out scenes, n={max(n // 4, 4)}): "
+                         f"{silhouette_iou(derived, max(n // 4, 4), params):.3f}")
+    return "\n".join(lines)
+
+
+def write_card(card: Path, table: str) -> None:
+    text = card.read_text()
+    block = f"{CARD_START}\n{table}\n{CARD_END}"
+    text = re.sub(re.escape(CARD_START) + ".*" + re.escape(CARD_END), block, text, flags=re.S) \
+        if CARD_START in text else text + "\n" + block + "\n"
+    card.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="models/shapes/sd")
+    p.add_argument("--controlnet")
+    p.add_argument("--adapter")
+    p.add_argument("--n", type=int, default=200, help="one-shape captions; multi-shape and IoU use n/4")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--device")
+    p.add_argument("--card", type=Path, help="also write the table into this model card")
+    args = p.parse_args(argv)
+    table = evaluate(args.model, args.n, controlnet=args.controlnet, adapter=args.adapter, steps=args.steps,
+                     cfg=args.cfg, device=args.device)
+    print(table)
+    if args.card:
+        write_card(args.card, table)
+
+
+if __name__ == "__main__":
+    main()

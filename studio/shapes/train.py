@@ -1,0 +1,274 @@
+"""Train the Shapes model family: VAE, then UNet + text encoder, then a Canny ControlNet and a T2I-Adapter.
+
+    python -m studio.shapes.train vae --steps 1500
+    python -m studio.shapes.train unet --steps 4000
+    python -m studio.shapes.train controlnet --steps 1500
+    python -m studio.shapes.train adapter --steps 1500
+    python -m studio.shapes.train export          # fp16 safetensors into models/shapes/
+
+Every stage is reproducible (seeded data and weights) and resumable: it checkpoints to `<work>/<stage>.pt` every
+`--save-every` steps and continues from there when run again; losses go to `<work>/<stage>.csv`. It runs on CUDA
+when present, else on the CPU. The scenes come from `studio.shapes.world` (held-out triples never appear).
+"""
+
+import argparse
+import csv
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDPMScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    T2IAdapter,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from studio.device import pick_device
+from studio.shapes.world import caption_for, sample_scene
+from studio.tiny import SD_SCHEDULER, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+SIDE = 64  # image size; the VAE's /4 factor gives 16x16 latents
+VAE = dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+           up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
+           sample_size=SIDE)
+UNET = dict(sample_size=SIDE // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+            attention_head_dim=8, norm_num_groups=16)
+TEXT = dict(vocab_size=49408, hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+            max_position_embeddings=77, projection_dim=128, bos_token_id=49406, eos_token_id=49407,
+            pad_token_id=49407)
+CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch that classifier-free guidance needs
+
+
+def canny(image: np.ndarray) -> np.ndarray:
+    """The ControlNet/adapter condition: Canny edges, white on black, 3 channels."""
+    edges = cv2.Canny(image, 100, 200)
+    return np.repeat(edges[..., None], 3, axis=-1)
+
+
+class Scenes:
+    """`n` training scenes rendered once (64x64 scenes take about a millisecond each) plus their edge maps."""
+
+    def __init__(self, n: int, seed: int = 0):
+        scenes = [sample_scene(seed * 10_000_000 + i, side=SIDE) for i in range(n)]
+        self.specs = [(s.shapes, s.background) for s in scenes]
+        images = np.stack([np.asarray(s.image) for s in scenes])
+        self.pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        self.edges = torch.from_numpy(np.stack([canny(im) for im in images])).permute(0, 3, 1, 2).float() / 255
+
+    def captions(self, index: torch.Tensor, rng: np.random.Generator) -> list[str]:
+        """Captions are re-drawn every time: full, randomly shortened, or empty (dropout)."""
+        out = []
+        for i in index.tolist():
+            draw = rng.random()
+            shorten = random.Random(int(rng.integers(2**31))) if draw < 0.6 else None
+            out.append("" if draw > 1 - CAPTION_DROPOUT else caption_for(*self.specs[i], shorten))
+        return out
+
+
+def _resume(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> int:
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"resumed {path.name} at step {state['step']}")
+    return state["step"]
+
+
+def _loop(stage: str, work: Path, modules: dict[str, torch.nn.Module], params: list[torch.nn.Parameter],
+          loss_fn: Callable[[int, np.random.Generator], torch.Tensor], *, steps: int, lr: float,
+          save_every: int) -> None:
+    """The shared loop: AdamW with warm-up, gradient clipping, CSV log, checkpoint and resume."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    checkpoint = work / f"{stage}.pt"
+    start = _resume(checkpoint, modules, optimizer)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200), last_epoch=start - 1)
+    log = (work / f"{stage}.csv").open("a", newline="")
+    writer = csv.writer(log)
+    started = time.perf_counter()
+    for step in range(start, steps):
+        rng = np.random.default_rng(step)
+        loss = loss_fn(step, rng)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage}: loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        writer.writerow([step, f"{loss.item():.5f}"])
+        if (step + 1) % 50 == 0:
+            rate = (time.perf_counter() - started) / (step + 1 - start)
+            print(f"{stage} step {step + 1}/{steps} loss {loss.item():.4f} ({rate:.2f} s/step)", flush=True)
+            log.flush()
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            state = {name: m.state_dict() for name, m in modules.items()}
+            torch.save({**state, "optimizer": optimizer.state_dict(), "step": step + 1}, checkpoint)
+    log.close()
+
+
+def _load(work: Path, stage: str, modules: dict[str, torch.nn.Module]) -> None:
+    state = torch.load(work / f"{stage}.pt", map_location="cpu", weights_only=True)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+
+
+def build() -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
+    torch.manual_seed(0)
+    return AutoencoderKL(**VAE), UNet2DConditionModel(**UNET), CLIPTextModel(CLIPTextConfig(**TEXT))
+
+
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([vae.encode(pixels[i : i + 256].to(device)).latent_dist.mean
+                          for i in range(0, len(pixels), 256)]) * vae.config.scaling_factor
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=["vae", "unet", "controlnet", "adapter", "export"])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--scenes", type=int, default=20_000, help="training scenes rendered up front")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--work", type=Path, default=ROOT / "models" / "shapes-work", help="checkpoints and logs")
+    p.add_argument("--out", type=Path, default=ROOT / "models" / "shapes", help="where `export` writes")
+    p.add_argument("--device")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    args.work.mkdir(parents=True, exist_ok=True)
+    vae, unet, text_encoder = build()
+    if args.stage == "export":
+        return export(args.work, args.out, vae, unet, text_encoder)
+    data = Scenes(args.scenes)
+    tokenizer = load_tokenizer()
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k in ("beta_start", "beta_end",
+                                       "beta_schedule", "num_train_timesteps")})
+
+    def batch_index(rng: np.random.Generator) -> torch.Tensor:
+        return torch.from_numpy(rng.integers(0, len(data.pixels), args.batch))
+
+    if args.stage == "vae":
+        vae.to(device).train()
+
+        def vae_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
+            x = data.pixels[batch_index(rng)].to(device)
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            # L1 keeps edges sharp; a small KL keeps the latent smooth enough to diffuse in.
+            return F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+
+        _loop("vae", args.work, {"vae": vae}, list(vae.parameters()), vae_loss, steps=args.steps,
+              lr=args.lr or 1e-3, save_every=args.save_every)
+        return
+
+    _load(args.work, "vae", {"vae": vae})
+    vae.to(device).eval().requires_grad_(False)
+    raw = encode_latents(vae, data.pixels, device) / vae.config.scaling_factor
+    # SD's trick: scale latents to unit variance so the noise schedule fits them; the factor goes in the VAE config.
+    vae.register_to_config(scaling_factor=float(1 / raw.std()))
+    (args.work / "scaling.txt").write_text(str(vae.config.scaling_factor))
+    latents = raw * vae.config.scaling_factor
+
+    def embed(captions: list[str]) -> torch.Tensor:
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return text_encoder(ids.input_ids.to(device)).last_hidden_state
+
+    def noisy(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x0 = latents[index]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), device=device)
+        return noise_scheduler.add_noise(x0, noise, t), noise, t
+
+    if args.stage == "unet":
+        unet.to(device).train()
+        text_encoder.to(device).train()
+
+        def unet_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
+            index = batch_index(rng)
+            x_t, noise, t = noisy(index.to(device))
+            return F.mse_loss(unet(x_t, t, embed(data.captions(index, rng))).sample, noise)
+
+        _loop("unet", args.work, {"unet": unet, "text_encoder": text_encoder},
+              [*unet.parameters(), *text_encoder.parameters()], unet_loss, steps=args.steps, lr=args.lr or 5e-4,
+              save_every=args.save_every)
+        return
+
+    _load(args.work, "unet", {"unet": unet, "text_encoder": text_encoder})
+    for frozen in (unet, text_encoder):
+        frozen.to(device).eval().requires_grad_(False)
+
+    if args.stage == "controlnet":
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64)).to(device)
+
+        def controlnet_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
+            index = batch_index(rng)
+            x_t, noise, t = noisy(index.to(device))
+            with torch.no_grad():
+                context = embed(data.captions(index, rng))
+            down, mid = controlnet(x_t, t, context, controlnet_cond=data.edges[index].to(device), return_dict=False)
+            pred = unet(x_t, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+            return F.mse_loss(pred, noise)
+
+        _loop("controlnet", args.work, {"controlnet": controlnet}, list(controlnet.parameters()), controlnet_loss,
+              steps=args.steps, lr=args.lr or 3e-4, save_every=args.save_every)
+        return
+
+    adapter = make_adapter().to(device)
+
+    def adapter_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
+        index = batch_index(rng)
+        x_t, noise, t = noisy(index.to(device))
+        with torch.no_grad():
+            context = embed(data.captions(index, rng))
+        features = adapter(data.edges[index].to(device))
+        pred = unet(x_t, t, context, down_intrablock_additional_residuals=[f.clone() for f in features]).sample
+        return F.mse_loss(pred, noise)
+
+    _loop("adapter", args.work, {"adapter": adapter}, list(adapter.parameters()), adapter_loss, steps=args.steps,
+          lr=args.lr or 3e-4, save_every=args.save_every)
+
+
+def make_adapter() -> T2IAdapter:
+    """Features for each UNet down block: pixel-unshuffle by the VAE's factor 4, then halve per block."""
+    return T2IAdapter(in_channels=3, channels=list(UNET["block_out_channels"]), num_res_blocks=1, downscale_factor=4,
+                      adapter_type="full_adapter")
+
+
+def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> None:
+    """Write the trained stages in diffusers layout, fp16 safetensors: out/sd, out/controlnet, out/t2i-adapter."""
+    _load(work, "vae", {"vae": vae})
+    _load(work, "unet", {"unet": unet, "text_encoder": text_encoder})
+    vae.register_to_config(scaling_factor=float((work / "scaling.txt").read_text()))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(), unet=unet,
+                                   scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.to(dtype=torch.float16).save_pretrained(out / "sd")
+    if (work / "controlnet.pt").exists():
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
+        _load(work, "controlnet", {"controlnet": controlnet})
+        controlnet.to(torch.float16).save_pretrained(out / "controlnet")
+    if (work / "adapter.pt").exists():
+        adapter = make_adapter()
+        _load(work, "adapter", {"adapter": adapter})
+        adapter.to(torch.float16).save_pretrained(out / "t2i-adapter")
+    print(f"exported to {out}")
+
+
+if __name__ == "__main__":
+    main()
