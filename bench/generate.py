@@ -1,7 +1,8 @@
 """Text-to-image speed: the studio's path (ModelManager + run_generate) vs plain diffusers, in one run.
 
-    python -m bench.generate            # CUDA: SD1.5 architecture, random weights, 25 steps at 512x512 with CFG
-    python -m bench.generate --tiny     # any device: the tiny test model (checks the script itself)
+    python -m bench.generate                      # CUDA: SD1.5 architecture, random weights, 25 steps, 512x512, CFG
+    python -m bench.generate --model shapes --steps 20 --device cpu   # the Shapes model on a laptop CPU
+    python -m bench.generate --model tiny         # any device: the tiny test model (checks the script itself)
 
 Prints a table: seconds per image, UNet iterations per second and peak memory for both paths. Each path is timed with
 the other's weights unloaded, after one warm-up image.
@@ -48,17 +49,17 @@ def free(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help="the tiny random model instead of SD1.5's architecture")
+    p.add_argument("--model", help="a catalog name or folder instead of SD1.5's architecture with random weights")
     p.add_argument("--device", help="default: the best one present")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--size", type=int, help="default: 512 (SD1.5) or 64 (tiny)")
+    p.add_argument("--size", type=int, help="default: the model's own (512 for SD1.5)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scheduler", default="DPM++ 2M")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     manager = ModelManager(str(device), cache_dir=args.workdir)
-    folder = manager.resolve("tiny").location if args.tiny else str(save_random_sd15(args.workdir / "sd15-random"))
+    folder = manager.resolve(args.model).location if args.model else str(save_random_sd15(args.workdir / "sd15-random"))
     size = args.size or manager.resolve(folder).size
     params = GenerateParams(PROMPT, steps=args.steps, cfg=7.5, width=size, height=size, seed=0,
                             scheduler=args.scheduler)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows.append(("plain diffusers", *measure(plain, device, args.repeats)))
 
-    print(f"\n{'tiny model' if args.tiny else 'SD1.5 architecture, random weights'} · {size}x{size} · "
+    print(f"\n{args.model or 'SD1.5 architecture, random weights'} · {size}x{size} · "
           f"{args.steps} steps {args.scheduler} · CFG 7.5 · {describe(device)} · torch {torch.__version__}")
     print(f"| path | s/image | it/s | peak memory (GiB) |\n|---|---|---|---|")
     table = []

@@ -28,7 +28,8 @@ from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipelin
 from studio.device import dtype_for, pick_device
 from studio.tiny import ensure_tiny_family
 
-CATALOG_PATH = Path(__file__).parent.parent / "presets" / "models.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+CATALOG_PATH = ROOT / "presets" / "models.yaml"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 COMPONENT_CLASSES = {"controlnet": ControlNetModel, "t2i_adapter": T2IAdapter}
 
@@ -169,6 +170,13 @@ class ModelManager:
             if "builtin" in entry:
                 family, sub = entry["builtin"].split("/", 1)
                 location = ensure_tiny_family(self.cache_dir / family) / sub
+                return ModelSource("folder", str(location), label=entry.get("label", spec),
+                                   note=entry.get("note", ""), size=native_size(location))
+            if "path" in entry:  # shipped in this repository (models/...)
+                location = ROOT / entry["path"]
+                if not location.is_dir():
+                    raise ModelUnavailable(f"The built-in model '{spec}' is missing ({location}). "
+                                           f"{entry.get('howto', 'Reinstall the studio from its repository.')}")
                 return ModelSource("folder", str(location), label=entry.get("label", spec),
                                    note=entry.get("note", ""), size=native_size(location))
             repo, _, revision = entry["repo"].partition("@")

@@ -61,3 +61,17 @@ def test_flags():
     assert (args.model, args.device, args.host, args.port, args.memory_budget) == ("sd15", "cpu", "0.0.0.0", 7000, 6)
     assert args.share and args.offline and args.compile and not args.allow_pickle
     assert parse_args([]).model == "tiny"
+
+
+def test_cancel_stops_a_running_generation(client):
+    import time
+
+    job = client.submit("a slow one", "", 1, 150, 7.5, 512, 512, "Euler", 1, api_name="/generate")
+    while not job.status().progress_data and not job.done():
+        time.sleep(0.05)  # wait until denoising has started
+    started = time.perf_counter()
+    client.predict(api_name="/cancel_generate")
+    with pytest.raises(Exception, match="(?i)cancel"):
+        job.result()
+    assert time.perf_counter() - started < 3, "the job should stop at the next step"
+    assert len(generate(client)[0]) == 1, "the app works after a cancel"

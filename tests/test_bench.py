@@ -4,7 +4,7 @@ from bench.generate import main
 
 
 def test_generate_benchmark_prints_both_paths(tmp_path, capsys):
-    table = main(["--tiny", "--repeats", "1", "--steps", "2", "--device", "cpu", "--workdir", str(tmp_path)])
+    table = main(["--model", "tiny", "--repeats", "1", "--steps", "2", "--device", "cpu", "--workdir", str(tmp_path)])
     assert [row["path"] for row in table] == ["studio", "plain diffusers"]
     assert all(row["seconds"] > 0 for row in table)
     assert "| studio |" in capsys.readouterr().out

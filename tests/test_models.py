@@ -168,7 +168,7 @@ def test_catalog_entries_are_complete():
     for section in ("base", "controlnet", "t2i_adapter", "annotators"):
         assert catalog.names(section), section
         for name, entry in catalog.sections[section].items():
-            assert ("repo" in entry) != ("builtin" in entry), name
+            assert sum(key in entry for key in ("repo", "builtin", "path")) == 1, name
     for section in ("controlnet", "t2i_adapter"):
         assert all("condition" in e for e in catalog.sections[section].values())
     assert catalog.sections["base"]["sd15"]["repo"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -204,3 +204,16 @@ def test_single_file_that_is_not_a_checkpoint_gets_a_clear_error(model_cache, tm
     with pytest.raises(ModelUnavailable, match="odd.safetensors"):
         offline.base(str(tmp_path / "odd.safetensors"))
     assert time.perf_counter() - started < 10
+
+
+def test_missing_shipped_model_says_how_to_get_it(model_cache):
+    catalog = Catalog({"base": {"gone": {"path": "models/not-here", "howto": "Train it with `make gone`."}}})
+    with pytest.raises(ModelUnavailable, match="missing .*Train it with `make gone`"):
+        ModelManager("cpu", cache_dir=model_cache, catalog=catalog).resolve("gone")
+
+
+def test_attention_uses_scaled_dot_product_by_default(manager):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    processors = manager.base("tiny").unet.attn_processors
+    assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
