@@ -10,6 +10,7 @@ from studio.device import describe
 from studio.models import ModelManager
 from tabs import StudioContext
 from tabs.generate import GenerateTab
+from tabs.sdedit import SDEditTab
 
 DEFAULT_MODEL = "tiny"  # until the trained Shapes model lands; the UI says that its pictures are noise
 
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
-    ctx = StudioContext(manager, model, outputs)
+    ctx = StudioContext(manager, model, outputs, send_to={"sdedit": "SDEdit"})
     source = manager.resolve(model)
     with gr.Blocks(title="Diffusion Studio") as demo:
         gr.Markdown(f"# Diffusion Studio\nModel: **{source.name}** · {describe(manager.device)}")
@@ -41,6 +42,7 @@ def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
             gr.Markdown(f"⚠️ {source.note}", elem_id="model-note")
         with gr.Tabs() as tabs:
             generate = GenerateTab(ctx)
+            SDEditTab(ctx)
         generate.wire_send_to(ctx.send_targets, tabs)
     return demo
 

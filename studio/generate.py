@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
-import numpy as np
 import torch
 import transformers
 from diffusers import (
@@ -29,7 +28,7 @@ from PIL.PngImagePlugin import PngInfo
 
 import studio
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents
+from studio.models import decode_latents, to_images
 
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "DDIM": (DDIMScheduler, {}),
@@ -139,8 +138,7 @@ def run_generate(pipe: DiffusionPipeline, params: GenerateParams, *, model_name:
                    callback_on_step_end=step_end).images
     if should_stop and should_stop():
         raise Cancelled("Generation cancelled")
-    pixels = decode_latents(pipe, latents)
-    images = [Image.fromarray((x.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)) for x in pixels]
+    images = to_images(decode_latents(pipe, latents))
     device = str(pipe.unet.device)
     metadata = [image_metadata(params, i, model_name, device) for i in range(len(images))]
     return GenerateResult(images, seed, metadata, warnings)

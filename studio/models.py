@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, T2IAdapter
+from PIL import Image
 
 from studio.device import dtype_for, pick_device
 from studio.tiny import ensure_tiny_family
@@ -386,3 +388,8 @@ def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tens
             finally:
                 vae.to(dtype)
     return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+def to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    """NCHW floats in [0, 1] (as `decode_latents` returns them) to 8-bit RGB images."""
+    return [Image.fromarray((x.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)) for x in pixels]

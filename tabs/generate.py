@@ -58,7 +58,8 @@ class GenerateTab:
                                              for tab_id, label in ctx.send_to.items()}
                     with gr.Accordion("Restore parameters from a studio PNG", open=False):
                         self.restore = gr.File(label="Drop a PNG made here", file_types=[".png"])
-            gr.Examples(yaml.safe_load(EXAMPLES.read_text())["examples"], inputs=[self.prompt, self.negative_prompt],
+            examples = yaml.safe_load(EXAMPLES.read_text())
+            gr.Examples(examples.get(ctx.model, examples["default"]), inputs=[self.prompt, self.negative_prompt],
                         label="Examples")
             # Inside the Tab: a component left directly in gr.Tabs makes Gradio draw the next tab's header twice.
             self.last = gr.State([])  # metadata of the images in the gallery

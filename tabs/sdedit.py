@@ -1,0 +1,139 @@
+"""SDEdit tab: paint strokes (and a mask) on an image or a blank canvas, pick t0, denoise; sweep t0; composite."""
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from studio.sdedit import SDEditParams, composite, guide_from_layers, run_sdedit, sweep
+from tabs import GPU, SendTarget, StudioContext, slider, user_errors
+
+PALETTE = ["#dc1e1e", "#ebcd14", "#1eaa32", "#1e46e1", "#9628c8", "#ffffff", "#808080", "#000000", "#8b5a2b"]
+SWEEP_T0 = [0.2, 0.35, 0.5, 0.65, 0.8, 0.95]
+T0_HINT = ("**t0 is the trade-off.** Around 0.3 the result keeps your strokes' layout and colours but stays "
+           "rough; around 0.5–0.6 the model redraws them as a realistic picture; near 1 it forgets the guide and "
+           "follows only the prompt.")
+
+
+class SDEditTab:
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        self.size = ctx.manager.resolve(ctx.model).size
+        with gr.Tab("SDEdit", id="sdedit"):
+            gr.Markdown("Meng et al., *SDEdit* (ICLR 2022): noise a guide to level t0, then denoise it with the "
+                        "model. Paint colour strokes on the **Strokes** layer; to change only part of the picture "
+                        "paint that part on the **Mask** layer (any colour), everything else stays pixel-exact.")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    self.editor = gr.ImageEditor(
+                        label="Guide", type="pil", image_mode="RGBA", canvas_size=(self.size, self.size),
+                        layers=gr.LayerOptions(allow_additional_layers=False, layers=["Strokes", "Mask"]),
+                        brush=gr.Brush(colors=PALETTE, default_size=max(2, self.size // 12), color_mode="defaults"),
+                        height=420, elem_id="sdedit-editor")
+                    with gr.Row():
+                        self.blank = gr.Button("Blank white canvas", size="sm")
+                        self.use_mask = gr.Checkbox(True, label="Use the Mask layer when painted")
+                    self.prompt = gr.Textbox(label="Prompt", placeholder="a red circle on the left",
+                                             elem_id="sdedit-prompt")
+                    self.negative_prompt = gr.Textbox(label="Negative prompt")
+                    self.t0 = slider(SDEditParams, "t0", "t0 (noise level)")
+                    gr.Markdown(T0_HINT)
+                    with gr.Accordion("More settings", open=False):
+                        self.steps = slider(SDEditParams, "steps", "Steps (full schedule)")
+                        self.cfg = slider(SDEditParams, "cfg", "Guidance (CFG)")
+                        self.eta = slider(SDEditParams, "eta", "η (stochasticity)")
+                        self.repeats = slider(SDEditParams, "repeats", "K passes")
+                        self.feather = slider(SDEditParams, "feather", "Mask feather (px)")
+                        self.seed = gr.Number(0, label="Seed", precision=0, info=SDEditParams.meta("seed")["help"])
+                    with gr.Row():
+                        self.run = gr.Button("Run SDEdit", variant="primary", elem_id="sdedit-run")
+                        self.sweep_button = gr.Button("Sweep t0")
+                        self.stop = gr.Button("Cancel", variant="stop")
+                with gr.Column(scale=1):
+                    self.output = gr.Image(label="Result", format="png", interactive=False, elem_id="sdedit-output")
+                    self.info = gr.Markdown()
+                    self.views = gr.Gallery(label="Guide noised to t0, then the model's predicted x0 along the way",
+                                            columns=5, height=180, format="png")
+                    self.strip = gr.Gallery(label="t0 sweep (same seed)", columns=6, height=180, format="png")
+                    self.plot = gr.LinePlot(x="t0", y="value", color="measure", height=240,
+                                            title="Faithfulness (distance to guide) and realism (denoising error)")
+                    with gr.Accordion("Composite: paste a second image and harmonise it", open=False):
+                        self.patch = gr.Image(label="Image to paste", type="pil")
+                        with gr.Row():
+                            self.px = gr.Slider(0, 1, value=0.5, step=0.01, label="Centre x")
+                            self.py = gr.Slider(0, 1, value=0.5, step=0.01, label="Centre y")
+                            self.pscale = gr.Slider(0.1, 1, value=0.4, step=0.05, label="Width")
+                        self.paste = gr.Button("Paste into the guide (the pasted region becomes the mask)")
+        ctx.send_targets.append(SendTarget("SDEdit", "sdedit", self.editor, self.prompt, self.seed))
+        self._wire()
+
+    def _wire(self) -> None:
+        params = [self.prompt, self.negative_prompt, self.t0, self.steps, self.cfg, self.eta, self.repeats,
+                  self.seed, self.feather]
+        event = self.run.click(self.sdedit, [self.editor, self.use_mask, *params],
+                               [self.output, self.views, self.info], api_name="sdedit", concurrency_id=GPU)
+        sweeping = self.sweep_button.click(self.sweep, [self.editor, self.use_mask, *params],
+                                           [self.strip, self.plot], api_name="sdedit_sweep", concurrency_id=GPU)
+        self.stop.click(self.cancel, None, None, cancels=[event, sweeping], api_name="cancel_sdedit", queue=False)
+        self.blank.click(lambda: Image.new("RGB", (self.size, self.size), "white"), None, self.editor,
+                         api_name=False, queue=False)
+        self.paste.click(self.paste_patch, [self.editor, self.patch, self.px, self.py, self.pscale], self.editor,
+                         api_name="sdedit_composite")
+
+    @staticmethod
+    def _inputs(editor: dict | None, use_mask: bool, prompt: str, negative: str, t0: float, steps: float, cfg: float,
+                eta: float, repeats: float, seed: float | None, feather: float) -> tuple:
+        if not editor:
+            raise ValueError("Upload an image or press “Blank white canvas”, then paint on it.")
+        layers = editor.get("layers") or []
+        guide, mask = guide_from_layers(editor.get("background"), layers[0] if layers else None,
+                                        layers[1] if use_mask and len(layers) > 1 else None)
+        params = SDEditParams(prompt or "", negative or "", float(t0), int(steps), float(cfg), float(eta),
+                              int(repeats), -1 if seed is None else int(seed), int(feather))
+        return guide, mask, params
+
+    @user_errors
+    def sdedit(self, editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed, feather,
+               request: gr.Request, progress=gr.Progress()):
+        guide, mask, params = self._inputs(editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed,
+                                           feather)
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+            result = run_sdedit(pipe, guide, params, mask=mask, should_stop=stop.is_set,
+                                on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
+        for warning in result.warnings:
+            gr.Warning(warning)
+        views = [(result.noised, f"x(t0), t = {result.t0_timestep}")]
+        views += [(image, f"predicted x0 after step {step}") for step, image in result.previews]
+        masked = "inside the mask only" if mask is not None else "whole image"
+        info = (f"t0 = {params.t0:.2f} → timestep {result.t0_timestep} of 1000 · seed {result.seed} · "
+                f"K = {params.repeats} · {masked}")
+        return result.image, views, info
+
+    @user_errors
+    def sweep(self, editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed, feather,
+              request: gr.Request, progress=gr.Progress()):
+        guide, mask, params = self._inputs(editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed,
+                                           feather)
+        if params.seed < 0:
+            params.seed = 0  # the sweep compares t0 values, so they must share one seed
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        with self.ctx.manager.lend(self.ctx.model) as pipe:
+            points = sweep(pipe, guide, params, SWEEP_T0, mask=mask, should_stop=stop.is_set,
+                           on_step=lambda i, n: progress((i, n), desc="Sweeping t0", unit="runs"))
+        strip = [(p.result.image, f"t0 {p.t0:.2f}") for p in points]
+        rows = [{"t0": p.t0, "value": v, "measure": m} for p in points
+                for v, m in ((p.faithfulness, "distance to guide"), (p.realism, "denoising error"))]
+        return strip, pd.DataFrame(rows)
+
+    def cancel(self, request: gr.Request):
+        self.ctx.cancel.cancel(request.session_hash if request else "api")
+
+    @user_errors
+    def paste_patch(self, editor, patch, x, y, scale):
+        if patch is None:
+            raise ValueError("Choose an image to paste first.")
+        base = (editor or {}).get("background") or Image.new("RGB", (self.size, self.size), "white")
+        collage, mask = composite(base, patch, x, y, scale)
+        mask_layer = Image.new("RGBA", collage.size)
+        mask_layer.putalpha(Image.fromarray(mask))
+        return {"background": collage, "layers": [Image.new("RGBA", collage.size), mask_layer], "composite": collage}
