@@ -49,7 +49,8 @@ class SDEditTab:
                         self.sweep_button = gr.Button("Sweep t0")
                         self.stop = gr.Button("Cancel", variant="stop")
                 with gr.Column(scale=1):
-                    self.output = gr.Image(label="Result", format="png", interactive=False, elem_id="sdedit-output")
+                    self.output = gr.Image(label="Result", format="png", interactive=False, height=320,
+                                           elem_id="sdedit-output")
                     self.info = gr.Markdown()
                     self.views = gr.Gallery(label="Guide noised to t0, then the model's predicted x0 along the way",
                                             columns=5, height=180, format="png")

@@ -1,10 +1,13 @@
 """A person's path through the app in a real browser (Debian chromium driven by Playwright)."""
 
+import io
 import os
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
+from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright = pytest.importorskip("playwright.sync_api")
@@ -72,3 +75,27 @@ def test_send_to_another_tab_carries_image_prompt_and_seed(page, manager, tmp_pa
         page.locator("#received img").wait_for(timeout=10_000)
     finally:
         demo.close()
+
+
+def test_paint_a_stroke_and_run_sdedit(page, app_url):
+    page.goto(app_url)
+    page.get_by_role("tab", name="SDEdit").click()
+    page.get_by_role("button", name="Blank white canvas").click()
+    editor = page.locator("#sdedit-editor")
+    editor.get_by_role("button", name="Brush", exact=True).click()
+    canvas = editor.locator("canvas").last
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.4)
+    page.mouse.down()
+    for i in range(12):
+        page.mouse.move(box["x"] + box["width"] * (0.25 + 0.02 * i), box["y"] + box["height"] * (0.4 + 0.02 * i))
+    page.mouse.up()
+    painted = np.asarray(Image.open(io.BytesIO(editor.screenshot())).convert("RGB")).astype(int)
+    red = (painted[..., 0] > 150) & (painted[..., 1] < 90) & (painted[..., 2] < 90)
+    assert red.sum() > 50, "the brush stroke should be on the canvas"
+    page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first.fill("a red circle on the left")
+    page.locator("#sdedit-run").click()
+    page.locator("#sdedit-output img").wait_for(timeout=60_000)
+    assert page.get_by_text("→ timestep").first.is_visible()
+    shot(page, "sdedit")
