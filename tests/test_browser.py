@@ -41,6 +41,13 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, app_url):
     page.locator("#gen-gallery img").first.wait_for(timeout=60_000)
     assert page.get_by_text("Seed").first.is_visible()
     shot(page, "generate")
+    page.get_by_role("button", name="Send to SDEdit ➜").click()
+    page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first.wait_for(timeout=10_000)
+    assert page.get_by_role("tab", name="SDEdit").get_attribute("aria-selected") == "true"
+    assert page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first.input_value() == "a red circle on the left"
+    page.wait_for_timeout(1000)
+    shown = np.asarray(Image.open(io.BytesIO(page.locator("#sdedit-editor").screenshot())).convert("HSV"))
+    assert (shown[..., 1] > 100).sum() > 2000, "the generated (colourful) image is on the SDEdit canvas"
 
 
 def test_send_to_another_tab_carries_image_prompt_and_seed(page, manager, tmp_path):
