@@ -8,7 +8,7 @@ starting noise of image i is drawn on the CPU from seed + i, so it does not depe
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import studio
+from studio.params import Ranged, ranged
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.models import decode_latents, to_images
 
@@ -41,28 +42,19 @@ SIZE_MULTIPLE = 8  # the VAE's downsampling factor: latents are (height/8, width
 MAX_SEED = 2**32 - 1
 
 
-def _range(lo: float, hi: float, step: float, help: str) -> dict:
-    return {"min": lo, "max": hi, "step": step, "help": help}
-
-
 @dataclass
-class GenerateParams:
+class GenerateParams(Ranged):
     """One text-to-image request. Field metadata gives the UI its ranges and help text."""
 
     prompt: str = ""
     negative_prompt: str = ""
-    seed: int = field(default=-1, metadata=_range(-1, MAX_SEED, 1, "-1 picks a random seed; image i uses seed + i."))
-    steps: int = field(default=25, metadata=_range(1, 150, 1, "Denoising steps: more is slower and usually finer."))
-    cfg: float = field(default=7.5, metadata=_range(0, 20, 0.5,
-                       "Classifier-free guidance: how strongly the image follows the prompt (1 = off)."))
-    width: int = field(default=512, metadata=_range(64, 2048, SIZE_MULTIPLE, "Pixels; rounded to a multiple of 8."))
-    height: int = field(default=512, metadata=_range(64, 2048, SIZE_MULTIPLE, "Pixels; rounded to a multiple of 8."))
+    seed: int = ranged(-1, -1, MAX_SEED, 1, "-1 picks a random seed; image i uses seed + i.")
+    steps: int = ranged(25, 1, 150, 1, "Denoising steps: more is slower and usually finer.")
+    cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance: how closely to follow the prompt (1 = off).")
+    width: int = ranged(512, 64, 2048, SIZE_MULTIPLE, "Pixels; rounded to a multiple of 8.")
+    height: int = ranged(512, 64, 2048, SIZE_MULTIPLE, "Pixels; rounded to a multiple of 8.")
     scheduler: str = "DPM++ 2M"
-    n_images: int = field(default=1, metadata=_range(1, 8, 1, "Images per click, each from the next seed."))
-
-    @classmethod
-    def meta(cls, name: str) -> dict:
-        return next(f.metadata for f in fields(cls) if f.name == name)
+    n_images: int = ranged(1, 1, 8, 1, "Images per click, each from the next seed.")
 
 
 @dataclass

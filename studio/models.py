@@ -197,7 +197,8 @@ class ModelManager:
         repo, _, revision = spec.partition("@")
         if repo.count("/") == 1 and not spec.startswith((".", "/", "~")):
             return ModelSource("hub", repo, revision or None)
-        raise ModelUnavailable(f"Model '{spec}' not found: it is not a catalog name ({', '.join(self.catalog.names('base'))}), "
+        names = ", ".join(self.catalog.names("base"))
+        raise ModelUnavailable(f"Model '{spec}' not found: it is not a catalog name ({names}), "
                                "an existing folder or .safetensors file, or a Hub id like 'owner/name'.")
 
     # 2. Loading, once per key, under the memory budget
@@ -290,7 +291,7 @@ class ModelManager:
             except (OSError, ValueError) as error:
                 # Single files carry weights only: diffusers fetches the matching config from the Hub once.
                 raise ModelUnavailable(f"Could not load {Path(source.location).name} as a single-file checkpoint: "
-                                       f"{error}. Offline, use a diffusers folder of the same model instead.") from error
+                                       f"{error}. Offline, use a diffusers folder of the same model.") from error
         if source.kind == "folder":
             return self._explain_missing_safetensors(cls, source.location, kwargs)
         try:
@@ -298,7 +299,8 @@ class ModelManager:
         except OSError:
             pass  # not in the local Hub cache yet
         if self.offline or not hub_reachable():
-            why = "offline mode is on (--offline or HF_HUB_OFFLINE=1)" if self.offline else "the Hugging Face Hub cannot be reached"
+            why = ("offline mode is on (--offline or HF_HUB_OFFLINE=1)" if self.offline
+                   else "the Hugging Face Hub cannot be reached")
             raise ModelUnavailable(
                 f"Model '{source.location}' is not on this machine and {why}. To provide it: point --model at a local "
                 f"diffusers folder or .safetensors file; or, on a machine with internet, run "
@@ -348,7 +350,8 @@ class ModelManager:
         scheduler). Derived with `from_pipe`: no weights are copied, and the new object is the caller's to change."""
         return self._derive(self.base(spec, on_progress=on_progress), cls, components)
 
-    def _derive(self, base: StableDiffusionPipeline, cls: type[DiffusionPipeline], components: dict) -> DiffusionPipeline:
+    def _derive(self, base: StableDiffusionPipeline, cls: type[DiffusionPipeline],
+                components: dict) -> DiffusionPipeline:
         # from_pipe casts every module to `torch_dtype`, float32 by default: always pass ours, or the shared fp16
         # UNet would be converted in place for every tab.
         return cls.from_pipe(base, dtype=self.dtype, **components)

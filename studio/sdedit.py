@@ -1,6 +1,6 @@
 """SDEdit (Meng et al., ICLR 2022): edit an image by noising it to level t0 and denoising it with the model.
 
-Section 3 of the paper: perturb the guide x_g with Gaussian noise to x(t0) = sqrt(ᾱ_t0)·x_g + sqrt(1-ᾱ_t0)·ε, then
+Section 3 of the paper: perturb the guide x_g with Gaussian noise, x(t0) = sqrt(ᾱ_t0)·x_g + sqrt(1-ᾱ_t0)·ε, then
 run the reverse process from t0 to 0. A low t0 stays faithful to the guide; a high t0 becomes realistic but forgets
 it. Algorithm 2 ("SDEdit with mask") keeps the unmasked region on the guide's own noisy trajectory at every step;
 here the original pixels are also pasted back outside the mask at the end, so they are exactly unchanged. `repeats`
@@ -10,7 +10,7 @@ Everything runs in the latent space of a Stable Diffusion VAE; the guide is enco
 (≥ 128) = may change, black = keep exactly.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from studio.generate import MAX_SEED, snap_size
+from studio.params import Ranged, ranged
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.models import decode_latents, to_images
 
@@ -26,29 +27,17 @@ MAX_SIDE = 1024  # larger guides are scaled down (with a note): memory grows wit
 N_PREVIEWS = 4  # predicted-x0 views kept along the way
 
 
-def _range(lo: float, hi: float, step: float, help: str) -> dict:
-    return {"min": lo, "max": hi, "step": step, "help": help}
-
-
 @dataclass
-class SDEditParams:
+class SDEditParams(Ranged):
     prompt: str = ""
     negative_prompt: str = ""
-    t0: float = field(default=0.5, metadata=_range(0.05, 1.0, 0.01,
-                      "Noise level. Low keeps the guide (faithful); high follows the model (realistic)."))
-    steps: int = field(default=50, metadata=_range(5, 150, 1,
-                       "Steps of a full 0→1 schedule; SDEdit runs the last t0 fraction of them."))
-    cfg: float = field(default=7.5, metadata=_range(0, 20, 0.5, "Classifier-free guidance."))
-    eta: float = field(default=0.0, metadata=_range(0, 1, 0.05,
-                       "0: deterministic ODE (DDIM); 1: fresh noise each step, like the paper's reverse SDE."))
-    repeats: int = field(default=1, metadata=_range(1, 5, 1, "K in the paper: noise and denoise K times."))
-    seed: int = field(default=0, metadata=_range(-1, MAX_SEED, 1, "-1 picks a random seed."))
-    feather: int = field(default=0, metadata=_range(0, 32, 1,
-                         "Soften the mask edge over this many pixels, inside the mask only."))
-
-    @classmethod
-    def meta(cls, name: str) -> dict:
-        return cls.__dataclass_fields__[name].metadata
+    t0: float = ranged(0.5, 0.05, 1.0, 0.01, "Noise level. Low keeps the guide (faithful); high follows the model.")
+    steps: int = ranged(50, 5, 150, 1, "Steps of a full 0→1 schedule; SDEdit runs the last t0 fraction of them.")
+    cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance.")
+    eta: float = ranged(0.0, 0, 1, 0.05, "0: deterministic ODE (DDIM); 1: fresh noise each step, as the paper's SDE.")
+    repeats: int = ranged(1, 1, 5, 1, "K in the paper: noise and denoise K times.")
+    seed: int = ranged(0, -1, MAX_SEED, 1, "-1 picks a random seed.")
+    feather: int = ranged(0, 0, 32, 1, "Soften the mask edge over this many pixels, inside the mask only.")
 
 
 @dataclass
@@ -247,7 +236,8 @@ def guide_from_layers(background: Image.Image | None, strokes: Image.Image | Non
     return base.convert("RGB"), mask
 
 
-def composite(base: Image.Image, patch: Image.Image, x: float, y: float, scale: float) -> tuple[Image.Image, np.ndarray]:
+def composite(base: Image.Image, patch: Image.Image, x: float, y: float,
+              scale: float) -> tuple[Image.Image, np.ndarray]:
     """Paste `patch` onto `base` (its centre at fractions x, y of the base; its width `scale` of the base's) and return
     the collage with the mask of the pasted region, for SDEdit to harmonise only that region."""
     if not 0 < scale <= 1:

@@ -57,6 +57,6 @@ def user_errors(fn: Callable) -> Callable:
 def slider(params_cls: Any, name: str, label: str, value: Any = None, **kwargs: Any) -> gr.Slider:
     """A slider whose range and help text come from the params dataclass, so they are defined once."""
     meta = params_cls.meta(name)
-    default = next(f.default for f in params_cls.__dataclass_fields__.values() if f.name == name)
+    default = params_cls.__dataclass_fields__[name].default
     return gr.Slider(meta["min"], meta["max"], step=meta["step"], value=default if value is None else value,
                      label=label, info=meta["help"], **kwargs)

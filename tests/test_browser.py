@@ -42,9 +42,10 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, app_url):
     assert page.get_by_text("Seed").first.is_visible()
     shot(page, "generate")
     page.get_by_role("button", name="Send to SDEdit ➜").click()
-    page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first.wait_for(timeout=10_000)
+    sdedit_prompt = page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first
+    sdedit_prompt.wait_for(timeout=10_000)
     assert page.get_by_role("tab", name="SDEdit").get_attribute("aria-selected") == "true"
-    assert page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first.input_value() == "a red circle on the left"
+    assert sdedit_prompt.input_value() == "a red circle on the left"
     page.wait_for_timeout(1000)
     shown = np.asarray(Image.open(io.BytesIO(page.locator("#sdedit-editor").screenshot())).convert("HSV"))
     assert (shown[..., 1] > 100).sum() > 2000, "the generated (colourful) image is on the SDEdit canvas"
@@ -60,8 +61,8 @@ def test_send_to_another_tab_carries_image_prompt_and_seed(page, manager, tmp_pa
         with gr.Tabs() as tabs:
             generate = GenerateTab(ctx)
             with gr.Tab("Target", id="target"):
-                image, prompt, seed = gr.Image(label="Received", elem_id="received"), gr.Textbox(label="Received prompt"), gr.Number(
-                    label="Received seed")
+                image = gr.Image(label="Received", elem_id="received")
+                prompt, seed = gr.Textbox(label="Received prompt"), gr.Number(label="Received seed")
         generate.wire_send_to([SendTarget("Target", "target", image, prompt, seed)], tabs)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,

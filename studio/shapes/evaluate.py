@@ -40,7 +40,8 @@ class Score:
         return f"| {name} | {self.n} | {' | '.join(pct)} |"
 
 
-def sample(pipe: DiffusionPipeline, prompts: list[str], seed: int, params: GenerateParams, **extra) -> list[Image.Image]:
+def sample(pipe: DiffusionPipeline, prompts: list[str], seed: int, params: GenerateParams,
+           **extra: object) -> list[Image.Image]:
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
     return pipe(prompts, num_inference_steps=params.steps, guidance_scale=params.cfg, generator=generators,
                 height=params.height, width=params.width, **extra).images

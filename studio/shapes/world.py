@@ -89,7 +89,8 @@ def outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
 
 
-def render(shapes: list[ShapeSpec], background: tuple[str, ...], side: int = 64) -> tuple[Image.Image, list[np.ndarray]]:
+def render(shapes: list[ShapeSpec], background: tuple[str, ...],
+           side: int = 64) -> tuple[Image.Image, list[np.ndarray]]:
     big = side * SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), BACKGROUNDS[background[0]])
     if len(background) == 2:  # two-tone: the second colour fills the right half
