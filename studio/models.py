@@ -169,16 +169,15 @@ class ModelManager:
         found = self.catalog.find(spec)
         if found:
             _, entry = found
-            if "builtin" in entry:
-                family, sub = entry["builtin"].split("/", 1)
-                location = ensure_tiny_family(self.cache_dir / family) / sub
-                return ModelSource("folder", str(location), label=entry.get("label", spec),
-                                   note=entry.get("note", ""), size=native_size(location))
-            if "path" in entry:  # shipped in this repository (models/...)
-                location = ROOT / entry["path"]
-                if not location.is_dir():
-                    raise ModelUnavailable(f"The built-in model '{spec}' is missing ({location}). "
-                                           f"{entry.get('howto', 'Reinstall the studio from its repository.')}")
+            if "builtin" in entry or "path" in entry:
+                if "builtin" in entry:  # built on first use, in the cache folder
+                    family, sub = entry["builtin"].split("/", 1)
+                    location = ensure_tiny_family(self.cache_dir / family) / sub
+                else:  # shipped in this repository (models/...)
+                    location = ROOT / entry["path"]
+                    if not location.is_dir():
+                        raise ModelUnavailable(f"The built-in model '{spec}' is missing ({location}). "
+                                               f"{entry.get('howto', 'Reinstall the studio from its repository.')}")
                 return ModelSource("folder", str(location), label=entry.get("label", spec),
                                    note=entry.get("note", ""), size=native_size(location))
             repo, _, revision = entry["repo"].partition("@")
