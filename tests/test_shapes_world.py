@@ -89,3 +89,7 @@ def test_training_stages_run_resume_and_export(tmp_path):
     assert pipe("a red circle", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
     ControlNetModel.from_pretrained(tmp_path / "out" / "controlnet")
     T2IAdapter.from_pretrained(tmp_path / "out" / "t2i-adapter")
+    # A fresh machine goes on from the shipped family: the step count continues from the export.
+    fresh = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "fresh"), "--init", str(tmp_path / "out")]
+    main(["unet", "--steps", "6", *fresh])
+    assert len((tmp_path / "fresh" / "unet.csv").read_text().splitlines()) == 2  # steps 4 and 5 only

@@ -13,6 +13,7 @@ when present, else on the CPU. The scenes come from `studio.shapes.world` (held-
 
 import argparse
 import csv
+import json
 import random
 import time
 from collections.abc import Callable
@@ -84,7 +85,8 @@ def _resume(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.op
     state = torch.load(path, map_location="cpu", weights_only=True)
     for name, module in modules.items():
         module.load_state_dict(state[name])
-    optimizer.load_state_dict(state["optimizer"])
+    if "optimizer" in state:  # absent when seeded from a shipped model (`--init`): AdamW starts its moments afresh
+        optimizer.load_state_dict(state["optimizer"])
     print(f"resumed {path.name} at step {state['step']}")
     return state["step"]
 
@@ -96,7 +98,8 @@ def _loop(stage: str, work: Path, modules: dict[str, torch.nn.Module], params: l
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     checkpoint = work / f"{stage}.pt"
     start = _resume(checkpoint, modules, optimizer)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200), last_epoch=start - 1)
+    # Warm-up over the first 200 steps of the whole run, counted from `start` when resuming.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (start + s + 1) / 200))
     log = (work / f"{stage}.csv").open("a", newline="")
     writer = csv.writer(log)
     started = time.perf_counter()
@@ -148,11 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--work", type=Path, default=ROOT / "models" / "shapes-work", help="checkpoints and logs")
     p.add_argument("--out", type=Path, default=ROOT / "models" / "shapes", help="where `export` writes")
+    p.add_argument("--init", type=Path, help="continue from an exported family (models/shapes) when --work is empty")
     p.add_argument("--device")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     args.work.mkdir(parents=True, exist_ok=True)
     vae, unet, text_encoder = build()
+    if args.init:
+        seed_from_export(args.init, args.work)
     if args.stage == "export":
         return export(args.work, args.out, vae, unet, text_encoder)
     data = Scenes(args.scenes)
@@ -250,6 +256,23 @@ def make_adapter() -> T2IAdapter:
                       adapter_type="full_adapter")
 
 
+def seed_from_export(folder: Path, work: Path) -> None:
+    """Turn an exported family back into weight-only checkpoints at the step counts it records, so training goes on
+    from a shipped model on a machine that never had the checkpoints. Stages already in `work` are left alone."""
+    steps = json.loads((folder / "training.json").read_text())
+    stages = {"vae": {"vae": (AutoencoderKL, "sd/vae")},
+              "unet": {"unet": (UNet2DConditionModel, "sd/unet"), "text_encoder": (CLIPTextModel, "sd/text_encoder")},
+              "controlnet": {"controlnet": (ControlNetModel, "controlnet")},
+              "adapter": {"adapter": (T2IAdapter, "t2i-adapter")}}
+    for stage, parts in stages.items():
+        if stage in steps and not (work / f"{stage}.pt").exists():
+            state = {name: cls.from_pretrained(folder / sub, dtype=torch.float32).state_dict()
+                     for name, (cls, sub) in parts.items()}
+            torch.save({**state, "step": steps[stage]}, work / f"{stage}.pt")
+    if not (work / "scaling.txt").exists():
+        (work / "scaling.txt").write_text(str(steps["scaling_factor"]))
+
+
 def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> None:
     """Write the trained stages in diffusers layout, fp16 safetensors: out/sd, out/controlnet, out/t2i-adapter."""
     _load(work, "vae", {"vae": vae})
@@ -259,6 +282,7 @@ def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel
                                    scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.to(dtype=torch.float16).save_pretrained(out / "sd")
+    steps = {"scaling_factor": vae.config.scaling_factor}
     if (work / "controlnet.pt").exists():
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
         _load(work, "controlnet", {"controlnet": controlnet})
@@ -267,7 +291,11 @@ def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel
         adapter = make_adapter()
         _load(work, "adapter", {"adapter": adapter})
         adapter.to(torch.float16).save_pretrained(out / "t2i-adapter")
-    print(f"exported to {out}")
+    for stage in ("vae", "unet", "controlnet", "adapter"):
+        if (work / f"{stage}.pt").exists():
+            steps[stage] = torch.load(work / f"{stage}.pt", map_location="cpu", weights_only=True)["step"]
+    (out / "training.json").write_text(json.dumps(steps, indent=1))
+    print(f"exported to {out}: {steps}")
 
 
 if __name__ == "__main__":
