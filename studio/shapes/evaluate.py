@@ -2,8 +2,8 @@
 
     python -m studio.shapes.evaluate --model models/shapes/sd --n 200 [--card models/shapes/README.md]
 
-For held-out (colour, shape, position) captions, generate one image per caption and run the OpenCV detector on it:
-a named shape counts as found when a detection sits in its grid cell; its colour and class must then match. For
+For held-out (colour, shape, position) captions, generate one image per caption and run the OpenCV detector on it;
+each named shape is matched with the detection nearest to its grid cell, whose colour, class and cell are scored. For
 one-shape captions the figures are colour, shape class and position accuracy (the bars); for two- and three-shape
 captions they are the same figures per named shape (attribute binding, reported without a bar). With a ControlNet
 or T2I-Adapter, the condition is the Canny map of a held-out scene and the figure is the silhouette IoU between the
@@ -58,10 +58,14 @@ def score_text(pipe: DiffusionPipeline, n_shapes: int, n: int, params: GenerateP
             found = detect(image)
             for spec in scene.shapes:
                 score.n += 1
-                here = [d for d in found if d.position == spec.position]
-                score.position += bool(here)
-                score.colour += any(d.colour == spec.colour for d in here)
-                score.shape += any(d.shape == spec.shape for d in here)
+                if not found:
+                    continue
+                # The detection meant for this named shape: the one nearest to where the caption puts it.
+                cx, cy = spec.centre(image.width)
+                d = min(found, key=lambda d: np.hypot(*(np.argwhere(d.mask).mean(0) - (cy, cx))))
+                score.colour += d.colour == spec.colour
+                score.shape += d.shape == spec.shape
+                score.position += d.position == spec.position
     return score
 
 
