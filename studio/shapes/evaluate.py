@@ -96,14 +96,10 @@ def evaluate(model: str, n: int, *, controlnet: str | None = None, adapter: str 
     lines = ["| captions | named shapes | colour | shape | position |", "|---|---|---|---|---|"]
     for k in (1, 2, 3):
         lines.append(score_text(pipe, k, n if k == 1 else max(n // 4, 4), params).row(f"{k} shape{'s' * (k > 1)}"))
-    for name, path, cls, key in (("ControlNet", controlnet, StableDiffusionControlNetPipeline, "controlnet"),
+    for name, spec, cls, key in (("ControlNet", controlnet, StableDiffusionControlNetPipeline, "controlnet"),
                                  ("T2I-Adapter", adapter, StableDiffusionAdapterPipeline, "adapter")):
-        if path:
-            from diffusers import ControlNetModel, T2IAdapter
-
-            model_cls = ControlNetModel if key == "controlnet" else T2IAdapter
-            extra = model_cls.from_pretrained(path, dtype=manager.dtype).to(manager.device)
-            derived = manager.pipeline(model, cls, **{key: extra})
+        if spec:
+            derived = manager.pipeline(model, cls, **{key: manager.component(spec)})
             derived.scheduler = pipe.scheduler
             derived.set_progress_bar_config(disable=True)
             lines.append(f"\n{name} silhouette IoU (held-out scenes, n={max(n // 4, 4)}): "
@@ -122,8 +118,8 @@ def write_card(card: Path, table: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="models/shapes/sd")
-    p.add_argument("--controlnet")
-    p.add_argument("--adapter")
+    p.add_argument("--controlnet", help="catalog name, e.g. shapes-controlnet")
+    p.add_argument("--adapter", help="catalog name, e.g. shapes-t2i-adapter")
     p.add_argument("--n", type=int, default=200, help="one-shape captions; multi-shape and IoU use n/4")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.5)
