@@ -93,3 +93,21 @@ def test_training_stages_run_resume_and_export(tmp_path):
     fresh = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "fresh"), "--init", str(tmp_path / "out")]
     main(["unet", "--steps", "6", *fresh])
     assert len((tmp_path / "fresh" / "unet.csv").read_text().splitlines()) == 2  # steps 4 and 5 only
+
+
+@pytest.mark.slow
+def test_evaluation_script_runs_end_to_end_and_writes_the_card(tmp_path, model_cache, monkeypatch):
+    """On the tiny random family (scores near chance): every row, both IoU lines, and the card block replaced."""
+    from functools import partial
+
+    from studio.models import ModelManager
+    from studio.shapes import evaluate
+
+    monkeypatch.setattr(evaluate, "ModelManager", partial(ModelManager, cache_dir=model_cache))
+    card = tmp_path / "README.md"
+    card.write_text(f"# card\n{evaluate.CARD_START}\nold\n{evaluate.CARD_END}\ntail\n")
+    evaluate.main(["--model", "tiny", "--n", "4", "--steps", "2", "--controlnet", "tiny-controlnet",
+                   "--adapter", "tiny-t2i-adapter", "--card", str(card)])
+    text = card.read_text()
+    assert "| 1 shape | 4 |" in text and "ControlNet silhouette IoU" in text and "T2I-Adapter silhouette IoU" in text
+    assert "old" not in text and text.endswith("tail\n")
