@@ -15,10 +15,12 @@ T0_HINT = ("**t0 is the trade-off.** Around 0.3 the result keeps your strokes' l
 
 
 class SDEditTab:
+    TAB_ID, LABEL = "sdedit", "SDEdit"  # also the "Send to SDEdit" button that Generate creates
+
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
         self.size = ctx.manager.resolve(ctx.model).size
-        with gr.Tab("SDEdit", id="sdedit"):
+        with gr.Tab(self.LABEL, id=self.TAB_ID):
             gr.Markdown("Meng et al., *SDEdit* (ICLR 2022): noise a guide to level t0, then denoise it with the "
                         "model. Paint colour strokes on the **Strokes** layer; to change only part of the picture "
                         "paint that part on the **Mask** layer (any colour), everything else stays pixel-exact.")
@@ -64,7 +66,7 @@ class SDEditTab:
                             self.py = gr.Slider(0, 1, value=0.5, step=0.01, label="Centre y")
                             self.pscale = gr.Slider(0.1, 1, value=0.4, step=0.05, label="Width")
                         self.paste = gr.Button("Paste into the guide (the pasted region becomes the mask)")
-        ctx.send_targets.append(SendTarget("SDEdit", "sdedit", self.editor, self.prompt, self.seed))
+        ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, self.editor, self.prompt, self.seed))
         self._wire()
 
     def _wire(self) -> None:
