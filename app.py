@@ -9,6 +9,7 @@ import gradio as gr
 from studio.device import describe
 from studio.models import ModelManager
 from tabs import StudioContext
+from tabs.classify import ClassifyTab
 from tabs.generate import GenerateTab
 from tabs.sdedit import SDEditTab
 
@@ -43,6 +44,7 @@ def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
         with gr.Tabs() as tabs:
             generate = GenerateTab(ctx)
             SDEditTab(ctx)
+            ClassifyTab(ctx)
         generate.wire_send_to(ctx.send_targets, tabs)
     return demo
 

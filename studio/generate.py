@@ -32,7 +32,8 @@ from studio.jobs import Cancelled, StepFn, StopFn
 from studio.models import decode_latents, to_images
 
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
-    "DDIM": (DDIMScheduler, {}),
+    # Latents are not bounded to [-1, 1]: a config that omits clip_sample would make DDIM clip them (grey images).
+    "DDIM": (DDIMScheduler, {"clip_sample": False}),
     "Euler": (EulerDiscreteScheduler, {}),
     "Euler a": (EulerAncestralDiscreteScheduler, {}),
     "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),

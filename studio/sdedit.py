@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from studio.generate import MAX_SEED, snap_size
+from studio.generate import MAX_SEED, make_scheduler, snap_size
 from studio.params import Ranged, ranged
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.models import decode_latents, to_images
@@ -112,14 +112,14 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
     context = torch.cat([uncond, cond]) if use_cfg else cond
 
     # 3. Timesteps: the last t0 fraction of a `steps`-step DDIM schedule
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler = make_scheduler("DDIM", pipe.scheduler.config)
     scheduler.set_timesteps(params.steps, device=device)
     n_run = max(1, round(params.steps * params.t0))
     timesteps = scheduler.timesteps[params.steps - n_run :]
     t_start = timesteps[:1]
 
     # 4. Encode the guide once; latent-space mask (any editable pixel makes its latent cell editable)
-    pixels = torch.from_numpy(np.asarray(guide)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
+    pixels = torch.from_numpy(np.array(guide)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
     with torch.no_grad():
         z_guide = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
     factor = pipe.vae_scale_factor
@@ -192,7 +192,7 @@ def realism(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str = "",
         steps = pipe.scheduler.config.num_train_timesteps
         t = torch.linspace(steps * 0.1, steps * 0.9, n).long().to(device)
         noise = torch.randn((n, *z.shape[1:]), generator=generator).to(device, dtype)
-        x_t = DDIMScheduler.from_config(pipe.scheduler.config).add_noise(z.expand(n, -1, -1, -1), noise, t)
+        x_t = make_scheduler("DDIM", pipe.scheduler.config).add_noise(z.expand(n, -1, -1, -1), noise, t)
         eps = pipe.unet(x_t, t, encoder_hidden_states=context.expand(n, -1, -1)).sample
     return float(((eps - noise) ** 2).mean())
 

@@ -13,6 +13,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives the real app in headless chromium")
     # diffusers' schedulers call np.array(tensor, copy=False); numpy 2 warns on every call. Not ours to fix.
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
+    # Gradio's queue calls pandas options that pandas 3 deprecates. Not ours either.
+    config.addinivalue_line("filterwarnings", "ignore::pandas.errors.Pandas4Warning")
 
 
 @pytest.fixture(scope="session")

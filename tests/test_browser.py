@@ -107,3 +107,16 @@ def test_paint_a_stroke_and_run_sdedit(page, app_url):
     page.locator("#sdedit-output img").wait_for(timeout=60_000)
     assert page.get_by_text("→ timestep").first.is_visible()
     shot(page, "sdedit")
+
+
+def test_upload_an_image_and_classify_it(page, app_url, tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    page.goto(app_url)
+    page.get_by_role("tab", name="Classify").click()
+    page.locator("#classify-image input[type=file]").set_input_files(str(tmp_path / "x.png"))
+    page.locator("#classify-classes textarea").fill("red circle\nblue square\ngreen star")
+    page.get_by_text("3 classes × 10 samples").wait_for(timeout=10_000)  # the cost estimate follows the list
+    page.locator("#classify-run").click()
+    page.get_by_text("Prediction:").wait_for(timeout=60_000)
+    page.locator("#classify-ranking canvas, #classify-ranking svg").first.wait_for(timeout=10_000)
+    shot(page, "classify")

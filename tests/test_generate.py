@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
-from studio.generate import SCHEDULERS, GenerateParams, read_png_params, run_generate, save_png
+from studio.generate import SCHEDULERS, GenerateParams, make_scheduler, read_png_params, run_generate, save_png
 from studio.jobs import Cancelled
 
 FAST = dict(prompt="a red circle on the left", steps=4, width=64, height=64)
@@ -64,6 +65,16 @@ def test_every_scheduler_runs_and_is_recorded(manager, scheduler):
     result = generate(manager, seed=1, scheduler=scheduler, steps=3)
     assert result.images[0].size == (64, 64) and result.metadata[0]["scheduler"] == scheduler
     assert pixels(result).std() > 0
+
+
+def test_ddim_never_clips_latents_even_when_the_config_omits_clip_sample():
+    """Configs written without `clip_sample` (as many SD conversions are) made DDIM clip latents to [-1, 1]: grey,
+    washed-out SDEdit results on the Shapes model."""
+    scheduler = make_scheduler("DDIM", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})
+    scheduler.set_timesteps(10)
+    x = torch.full((1, 4, 2, 2), 3.0)
+    out = scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
+    assert out.pred_original_sample.min() > 1.5
 
 
 def test_size_is_rounded_to_a_multiple_of_8_with_a_note(manager):

@@ -1,0 +1,164 @@
+"""Classify tab: zero-shot classification with the diffusion model's own denoising error (Li et al., ICCV 2023)."""
+
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.classify import SCHEDULES, ClassifyParams, LOSSES, class_presets, classify, classify_batch, plan
+from tabs import GPU, StudioContext, slider, user_errors
+
+CUSTOM = "custom"
+EXPLAIN = ("Li et al., *Your Diffusion Model is Secretly a Zero-Shot Classifier* (ICCV 2023). For each class "
+           "prompt the model denoises the same noisy copies of your image; the class whose prompt lets it predict "
+           "the noise best (lowest error) wins. An adaptive schedule measures every class on a few noise levels, "
+           "keeps the best ones and spends more samples on those.")
+
+
+def parse_stages(schedule: str, custom: str) -> list[tuple[int, int]]:
+    """A preset name, or `custom` as "samples:kept" pairs, e.g. "10:5, 50:1"."""
+    if schedule != CUSTOM:
+        return SCHEDULES[schedule]
+    try:
+        return [(int(a), int(b)) for a, b in (pair.split(":") for pair in custom.replace(" ", "").split(",") if pair)]
+    except ValueError:
+        raise ValueError(f"Write the custom schedule as samples:kept pairs, e.g. 10:5, 50:1 (got {custom!r}).") \
+            from None
+
+
+class ClassifyTab:
+    TAB_ID, LABEL = "classify", "Classify"
+
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        self.presets = class_presets()
+        shapes = "shapes" in ctx.manager.resolve(ctx.model).name.lower()
+        preset = "Shapes" if shapes else "CIFAR-10"
+        classes, templates = self.presets[preset]
+        with gr.Tab(self.LABEL, id=self.TAB_ID):
+            gr.Markdown(EXPLAIN)
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    self.image = gr.Image(label="Image", type="pil", height=260, elem_id="classify-image")
+                    self.preset = gr.Dropdown(list(self.presets), value=preset, label="Class list preset")
+                    self.classes = gr.Textbox("\n".join(classes), label="Classes (one per line)", lines=6,
+                                              max_lines=12, elem_id="classify-classes")
+                    self.templates = gr.Textbox("\n".join(templates), label="Prompt templates (one per line)",
+                                                lines=1, info="{} is replaced by the class name; several "
+                                                "templates are averaged (and cost more).")
+                    with gr.Row():
+                        self.schedule = gr.Radio([*SCHEDULES, CUSTOM], value="fast", label="Schedule",
+                                                 info="fast: 10 samples keep 3, then 50 keep 1 · paper: 50 keep 5, "
+                                                 "then 500 keep 1 · exhaustive: 100 samples for every class")
+                        self.custom = gr.Textbox("10:5, 50:1", label="Custom stages (samples:kept)", visible=False)
+                    with gr.Accordion("More settings", open=False):
+                        self.loss = gr.Radio(list(LOSSES), value=ClassifyParams.loss, label="Error",
+                                             info="How the noise prediction error is measured (the paper: l2).")
+                        self.seed = gr.Number(0, label="Seed", precision=0, info=ClassifyParams.meta("seed")["help"])
+                        self.batch = slider(ClassifyParams, "batch", "Batch")
+                    self.cost = gr.Markdown(self.estimate("\n".join(classes), "\n".join(templates), "fast", "",
+                                                          ClassifyParams.loss, 0, ClassifyParams.batch),
+                                            elem_id="classify-cost")
+                    with gr.Row():
+                        self.run = gr.Button("Classify", variant="primary", elem_id="classify-run")
+                        self.stop = gr.Button("Cancel", variant="stop")
+                with gr.Column(scale=1):
+                    self.info = gr.Markdown(elem_id="classify-info")
+                    self.ranking = gr.BarPlot(x="class", y="error", sort="y", height=260,
+                                              title="Mean noise-prediction error per class (lower wins)",
+                                              elem_id="classify-ranking")
+                    self.curves = gr.LinePlot(x="timestep", y="error", color="class", height=240,
+                                              title="Error per timestep, best five classes")
+                    self.stages = gr.Dataframe(label="Elimination stages", interactive=False, wrap=True)
+            with gr.Accordion("Batch: accuracy over a labelled folder or zip (one sub-folder per class)",
+                              open=False):
+                with gr.Row():
+                    self.archive = gr.File(label="Zip of class folders", file_types=[".zip"])
+                    self.folder = gr.Textbox(label="…or a folder on this machine", placeholder="/data/pets")
+                self.run_batch = gr.Button("Run batch", variant="primary")
+                self.accuracy = gr.Markdown()
+                self.confusion = gr.Dataframe(label="Confusion matrix (rows: truth, columns: predicted)",
+                                              interactive=False)
+                self.per_image = gr.Dataframe(label="Per image", interactive=False, max_height=300)
+        self._wire()
+
+    def _wire(self) -> None:
+        settings = [self.classes, self.templates, self.schedule, self.custom, self.loss, self.seed, self.batch]
+        self.preset.change(self.use_preset, self.preset, [self.classes, self.templates], api_name=False,
+                           queue=False)
+        self.schedule.change(lambda s: gr.update(visible=s == CUSTOM), self.schedule, self.custom, api_name=False,
+                             queue=False)
+        for component in (self.classes, self.templates, self.schedule, self.custom):
+            component.change(self.estimate, settings, self.cost, api_name=False, queue=False)
+        event = self.run.click(self.classify, [self.image, *settings],
+                               [self.info, self.ranking, self.curves, self.stages], api_name="classify",
+                               concurrency_id=GPU)
+        batch = self.run_batch.click(self.batch_run, [self.archive, self.folder, *settings],
+                                     [self.accuracy, self.confusion, self.per_image], api_name="classify_batch",
+                                     concurrency_id=GPU)
+        self.stop.click(self.cancel, None, None, cancels=[event, batch], api_name="cancel_classify", queue=False)
+
+    def use_preset(self, name: str):
+        classes, templates = self.presets[name]
+        return "\n".join(classes), "\n".join(templates)
+
+    @staticmethod
+    def _params(templates: str, schedule: str, custom: str, loss: str, seed: float | None, batch: float):
+        return ClassifyParams(templates.splitlines(), parse_stages(schedule, custom), loss, int(seed or 0),
+                              int(batch))
+
+    def estimate(self, classes, templates, schedule, custom, loss, seed, batch) -> str:
+        try:
+            params = self._params(templates, schedule, custom, loss, seed, batch)
+            n = len([c for c in classes.splitlines() if c.strip()])
+            calls, sizes = plan(n, params)
+        except ValueError as error:
+            return f"⚠️ {error}"
+        stages = " → ".join(f"{k} classes × {s} samples" for k, (s, _) in zip(sizes, params.stages))
+        return f"**Cost:** {calls:,} UNet evaluations ({stages})."
+
+    @user_errors
+    def classify(self, image, classes, templates, schedule, custom, loss, seed, batch, request: gr.Request,
+                 progress=gr.Progress()):
+        if image is None:
+            raise ValueError("Upload an image to classify.")
+        params = self._params(templates, schedule, custom, loss, seed, batch)
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        started = time.perf_counter()
+        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+            result = classify(pipe, image, classes.splitlines(), params, should_stop=stop.is_set,
+                              on_step=lambda i, n: progress((i, n), desc="Denoising", unit="UNet calls"))
+        seconds = time.perf_counter() - started
+        info = (f"### Prediction: **{result.label}**\n{result.unet_calls:,} UNet evaluations in {seconds:.1f} s "
+                f"({result.unet_calls / seconds:,.0f}/s). Errors of classes pruned early are over fewer samples.")
+        bars = pd.DataFrame(result.ranking, columns=["class", "error"])
+        best = [name for name, _ in result.ranking[:5]]
+        curves = pd.DataFrame([{"class": name, "timestep": t, "error": e} for name in best
+                               for t, e in sorted(result.errors[name].items())])
+        stages = pd.DataFrame([{"stage": i + 1, "samples": s.samples, "classes measured": len(s.evaluated),
+                                "kept": ", ".join(s.kept)} for i, s in enumerate(result.history)])
+        return info, bars, curves, stages
+
+    @user_errors
+    def batch_run(self, archive, folder, classes, templates, schedule, custom, loss, seed, batch,
+                  request: gr.Request, progress=gr.Progress()):
+        source = Path(archive) if archive else Path(folder.strip()) if folder and folder.strip() else None
+        if source is None or not source.exists():
+            raise ValueError("Upload a zip of class folders, or type the path of such a folder on this machine.")
+        params = self._params(templates, schedule, custom, loss, seed, batch)
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        with self.ctx.manager.lend(self.ctx.model) as pipe:
+            result = classify_batch(pipe, source, params, self.ctx.outputs / "classify", should_stop=stop.is_set,
+                                    on_image=lambda i, n: progress((i, n), desc="Classifying", unit="images"))
+        if result.skipped:
+            gr.Warning(f"Skipped {len(result.skipped)} file(s) that are not images: "
+                       f"{', '.join(result.skipped[:5])}{' …' if len(result.skipped) > 5 else ''}")
+        confusion = pd.DataFrame(result.confusion(), index=result.classes, columns=result.classes)
+        confusion.insert(0, "truth", result.classes)
+        accuracy = (f"**Accuracy: {100 * result.accuracy:.1f}%** on {len(result.rows)} images · "
+                    f"{len(result.classes)} classes (from the sub-folder names; the class list above is not used)")
+        return accuracy, confusion, pd.DataFrame(result.rows)
+
+    def cancel(self, request: gr.Request):
+        self.ctx.cancel.cancel(request.session_hash if request else "api")
