@@ -13,13 +13,15 @@ from tabs.classify import ClassifyTab
 from tabs.generate import GenerateTab
 from tabs.sdedit import SDEditTab
 
-DEFAULT_MODEL = "tiny"  # until the trained Shapes model lands; the UI says that its pictures are noise
+# Small models make small images: let single-image outputs fill their frame instead of sitting in its middle.
+CSS = ".studio-image img { width: 100%; height: 100%; object-fit: contain; }"
+DEFAULT_MODEL = "shapes"  # the studio's own offline model; `tiny` is for tests
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Diffusion Studio: use and learn diffusion image-editing techniques.")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="catalog name (sd15, tiny), Hub id, diffusers folder or .safetensors file")
+                   help="catalog name (shapes, sd15, tiny), Hub id, diffusers folder or .safetensors file")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best one present)")
     # Hugging Face Spaces and Docker set GRADIO_SERVER_NAME/PORT; flags still win.
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                            allow_pickle=args.allow_pickle, compile=args.compile)
     demo = build_app(manager, args.model, args.outputs)
     demo.queue(max_size=32).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                   allowed_paths=[str(args.outputs.resolve())], theme=gr.themes.Soft())
+                                   allowed_paths=[str(args.outputs.resolve())], theme=gr.themes.Soft(), css=CSS)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from studio.classify import SCHEDULES, ClassifyParams, LOSSES, class_presets, cl
 from tabs import GPU, StudioContext, slider, user_errors
 
 CUSTOM = "custom"
+SHOWN = 10  # bars in the ranking chart; more would make the labels unreadable
 EXPLAIN = ("Li et al., *Your Diffusion Model is Secretly a Zero-Shot Classifier* (ICCV 2023). For each class "
            "prompt the model denoises the same noisy copies of your image; the class whose prompt lets it predict "
            "the noise best (lowest error) wins. An adaptive schedule measures every class on a few noise levels, "
@@ -40,7 +41,7 @@ class ClassifyTab:
             gr.Markdown(EXPLAIN)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    self.image = gr.Image(label="Image", type="pil", height=260, elem_id="classify-image")
+                    self.image = gr.Image(label="Image", type="pil", height=260, elem_id="classify-image", elem_classes="studio-image")
                     self.preset = gr.Dropdown(list(self.presets), value=preset, label="Class list preset")
                     self.classes = gr.Textbox("\n".join(classes), label="Classes (one per line)", lines=6,
                                               max_lines=12, elem_id="classify-classes")
@@ -65,8 +66,9 @@ class ClassifyTab:
                         self.stop = gr.Button("Cancel", variant="stop")
                 with gr.Column(scale=1):
                     self.info = gr.Markdown(elem_id="classify-info")
-                    self.ranking = gr.BarPlot(x="class", y="error", sort="y", height=260,
-                                              title="Mean noise-prediction error per class (lower wins)",
+                    self.ranking = gr.BarPlot(x="class", y="error", sort="y", height=300, x_label_angle=-30,
+                                              title=f"Mean noise-prediction error, best {SHOWN} classes "
+                                                    "(lower wins)",
                                               elem_id="classify-ranking")
                     self.curves = gr.LinePlot(x="timestep", y="error", color="class", height=240,
                                               title="Error per timestep, best five classes")
@@ -132,7 +134,7 @@ class ClassifyTab:
         seconds = time.perf_counter() - started
         info = (f"### Prediction: **{result.label}**\n{result.unet_calls:,} UNet evaluations in {seconds:.1f} s "
                 f"({result.unet_calls / seconds:,.0f}/s). Errors of classes pruned early are over fewer samples.")
-        bars = pd.DataFrame(result.ranking, columns=["class", "error"])
+        bars = pd.DataFrame(result.ranking[:SHOWN], columns=["class", "error"])
         best = [name for name, _ in result.ranking[:5]]
         curves = pd.DataFrame([{"class": name, "timestep": t, "error": e} for name in best
                                for t, e in sorted(result.errors[name].items())])

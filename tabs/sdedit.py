@@ -52,7 +52,7 @@ class SDEditTab:
                         self.stop = gr.Button("Cancel", variant="stop")
                 with gr.Column(scale=1):
                     self.output = gr.Image(label="Result", format="png", interactive=False, height=320,
-                                           elem_id="sdedit-output")
+                                           elem_id="sdedit-output", elem_classes="studio-image")
                     self.info = gr.Markdown()
                     self.views = gr.Gallery(label="Guide noised to t0, then the model's predicted x0 along the way",
                                             columns=5, height=180, format="png")

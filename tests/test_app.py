@@ -60,7 +60,7 @@ def test_flags():
                        "--offline", "--compile", "--memory-budget", "6"])
     assert (args.model, args.device, args.host, args.port, args.memory_budget) == ("sd15", "cpu", "0.0.0.0", 7000, 6)
     assert args.share and args.offline and args.compile and not args.allow_pickle
-    assert parse_args([]).model == "tiny"
+    assert parse_args([]).model == "shapes"
 
 
 def test_cancel_stops_a_running_generation(client):
