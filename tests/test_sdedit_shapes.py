@@ -35,7 +35,7 @@ def test_strokes_become_the_prompted_shape_where_they_were_painted(shapes):
     """The paper's stroke-to-image claim: a blob becomes a clean circle, kept in place and colour."""
     hits = 0
     for seed in SEEDS:
-        out = run_sdedit(shapes, stroke_guide(), SDEditParams("a red circle on the left", t0=0.5, seed=seed)).image
+        out = run_sdedit(shapes, stroke_guide(), SDEditParams("a red circle on the left", t0=0.6, seed=seed)).image
         d = main_shape(out)
         hits += d is not None and (d.colour, d.shape, d.position) == ("red", "circle", "left")
     assert hits >= 5, f"red circle on the left in {hits}/{len(SEEDS)} seeds"
