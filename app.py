@@ -11,6 +11,7 @@ from studio.models import ModelManager
 from tabs import StudioContext
 from tabs.classify import ClassifyTab
 from tabs.generate import GenerateTab
+from tabs.p2p import P2PTab
 from tabs.sdedit import SDEditTab
 
 # Small models make small images: let single-image outputs fill their frame instead of sitting in its middle.
@@ -46,6 +47,7 @@ def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
         with gr.Tabs() as tabs:
             generate = GenerateTab(ctx)
             SDEditTab(ctx)
+            P2PTab(ctx)
             ClassifyTab(ctx)
         generate.wire_send_to(ctx.send_targets, tabs)
     return demo

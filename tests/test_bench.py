@@ -16,3 +16,12 @@ def test_classify_benchmark_counts_the_same_calls_on_both_paths(tmp_path, capsys
     table = classify_bench(["--model", "tiny", "--device", "cpu", "--schedule", "fast", "--workdir", str(tmp_path)])
     assert [row["path"] for row in table] == ["studio (batched)", "plain loop"]
     assert "| studio (batched) |" in capsys.readouterr().out
+
+
+def test_p2p_benchmark_times_plain_and_edits(tmp_path):
+    from bench.p2p import main as p2p_bench
+
+    table = p2p_bench(["--model", "tiny", "--device", "cpu", "--steps", "3", "--repeats", "1", "--workdir",
+                       str(tmp_path)])
+    assert [row["path"] for row in table] == ["plain image", "replace edit", "replace + LocalBlend"]
+    assert table[0]["ratio"] == 1

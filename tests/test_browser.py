@@ -120,3 +120,16 @@ def test_upload_an_image_and_classify_it(page, app_url, tmp_path):
     page.get_by_text("Prediction:").wait_for(timeout=60_000)
     page.locator("#classify-ranking canvas, #classify-ranking svg").first.wait_for(timeout=10_000)
     shot(page, "classify")
+
+
+def test_edit_a_prompt_see_word_sliders_and_attention_maps(page, app_url):
+    page.goto(app_url)
+    page.get_by_role("tab", name="Prompt-to-Prompt").click()
+    page.locator("#p2p-target textarea, #p2p-target input").first.fill("a green circle today")
+    page.locator("#p2p-source textarea, #p2p-source input").first.fill("a red circle today")
+    page.get_by_label("today").first.wait_for(timeout=10_000)  # a weight slider per word of the edited prompt
+    page.locator("#p2p-run").click()
+    page.locator("#p2p-edited-image img").wait_for(timeout=60_000)
+    page.locator("#p2p-source-maps img").first.wait_for(timeout=30_000)
+    page.get_by_label("green").first.wait_for()
+    shot(page, "p2p")

@@ -1,0 +1,61 @@
+"""Prompt-to-Prompt cost: one edit (source + edit in one batch, with attention control) vs one plain image.
+
+    python -m bench.p2p                      # CUDA: SD1.5 architecture, random weights, 50 DDIM steps, 512x512
+    python -m bench.p2p --model shapes --device cpu
+    python -m bench.p2p --model tiny         # any device: checks the script itself
+
+Prints seconds for a plain image (diffusers' own attention), for a replace edit and for a replace edit with
+LocalBlend, and their ratio to the plain image (the goal on a GPU: ≤ 2.1x; an edit draws two images).
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.generate import measure
+from bench.sd15 import save_random_sd15
+from studio.device import describe, pick_device
+from studio.generate import GenerateParams, run_generate
+from studio.models import ModelManager
+from studio.p2p import P2PParams, run_p2p
+
+SOURCE, TARGET = "a photograph of a cat riding a bicycle", "a photograph of a dog riding a bicycle"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="a catalog name or folder instead of SD1.5's architecture with random weights")
+    p.add_argument("--device", help="default: the best one present")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    manager = ModelManager(str(device), cache_dir=args.workdir)
+    folder = manager.resolve(args.model).location if args.model else str(save_random_sd15(args.workdir / "sd15-random"))
+    size = manager.resolve(folder).size
+    runs = {
+        "plain image": lambda pipe: run_generate(pipe, GenerateParams(SOURCE, steps=args.steps, width=size,
+                                                                      height=size, seed=0, scheduler="DDIM")),
+        "replace edit": lambda pipe: run_p2p(pipe, P2PParams(SOURCE, TARGET, steps=args.steps)),
+        "replace + LocalBlend": lambda pipe: run_p2p(pipe, P2PParams(SOURCE, TARGET, steps=args.steps,
+                                                                     blend_words=["cat", "dog"])),
+    }
+    rows = []
+    with manager.lend(folder) as pipe:
+        for name, run in runs.items():
+            seconds, peak = measure(lambda: run(pipe), device, args.repeats)
+            rows.append({"path": name, "seconds": seconds, "peak_gib": peak})
+    print(f"\n{args.model or 'SD1.5 architecture, random weights'} · {size}x{size} · {args.steps} DDIM steps · CFG 7.5"
+          f" · {describe(device)} · torch {torch.__version__}")
+    print("| run | s | × plain image | peak memory (GiB) |\n|---|---|---|---|")
+    for row in rows:
+        row["ratio"] = row["seconds"] / rows[0]["seconds"]
+        print(f"| {row['path']} | {row['seconds']:.3f} | {row['ratio']:.2f} | {row['peak_gib']:.2f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

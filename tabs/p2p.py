@@ -1,0 +1,143 @@
+"""Prompt-to-Prompt tab: edit a generated image by editing its prompt; per-word weights; attention explorer."""
+
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from studio.p2p import EDITS, P2PParams, P2PResult, run_p2p
+from tabs import GPU, StudioContext, slider, user_errors
+
+EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edited prompt are drawn together from "
+           "the same noise; for the first part of the schedule the edit reuses the source's cross-attention maps, so "
+           "the layout stays while the changed words change what is drawn. **replace** swaps words one for one, "
+           "**refine** adds words, **reweight** turns a word's attention up or down (the sliders work with every "
+           "edit). **LocalBlend** keeps the edit inside where the chosen words attend.")
+MAX_WEIGHT_WORDS = 12
+
+
+def heat(values: np.ndarray, size: int) -> Image.Image:
+    """A map as a black-to-yellow picture (its own minimum to maximum), upscaled without smoothing."""
+    v = (values - values.min()) / max(float(values.max() - values.min()), 1e-8)
+    rgb = np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 0.5, 0, 1), np.clip(v - 0.8, 0, 1) * 5], -1)
+    return Image.fromarray((rgb * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+
+
+class P2PTab:
+    TAB_ID, LABEL = "p2p", "Prompt-to-Prompt"
+
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        with gr.Tab(self.LABEL, id=self.TAB_ID):
+            gr.Markdown(EXPLAIN)
+            self.result = gr.State(None)
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    self.source_prompt = gr.Textbox("a red circle", label="Source prompt", elem_id="p2p-source")
+                    self.target_prompt = gr.Textbox("a blue circle", label="Edited prompt", elem_id="p2p-target",
+                                                    info="Reweight alone may leave this empty.")
+                    self.edit = gr.Radio(list(EDITS), value="replace", label="Edit")
+                    gr.Markdown("**Attention weight per word of the edited prompt** (1 = unchanged)")
+                    with gr.Row():
+                        words = self.words("a blue circle", "")
+                        self.weights = [gr.Slider(-1, 4, value=1, step=0.1, min_width=90, visible=i < len(words),
+                                                  label=words[i] if i < len(words) else "")
+                                        for i in range(MAX_WEIGHT_WORDS)]
+                    with gr.Accordion("Injection windows and LocalBlend", open=False):
+                        with gr.Row():
+                            self.cross_start = slider(P2PParams, "cross_start", "Cross-attention from")
+                            self.cross_end = slider(P2PParams, "cross_end", "…to")
+                        self.self_end = slider(P2PParams, "self_end", "Self-attention until")
+                        self.blend_words = gr.Textbox(label="LocalBlend words (space-separated; empty = off)",
+                                                      placeholder="circle")
+                        self.blend_threshold = slider(P2PParams, "blend_threshold", "LocalBlend threshold")
+                    with gr.Accordion("More settings", open=False):
+                        self.steps = slider(P2PParams, "steps", "Steps")
+                        self.cfg = slider(P2PParams, "cfg", "Guidance (CFG)")
+                        self.seed = gr.Number(0, label="Seed", precision=0, info=P2PParams.meta("seed")["help"])
+                    with gr.Row():
+                        self.run = gr.Button("Edit", variant="primary", elem_id="p2p-run")
+                        self.stop = gr.Button("Cancel", variant="stop")
+                with gr.Column(scale=1):
+                    with gr.Row():
+                        self.source = gr.Image(label="Source", format="png", interactive=False, height=280,
+                                               elem_classes="studio-image", elem_id="p2p-source-image")
+                        self.edited = gr.Image(label="Edited", format="png", interactive=False, height=280,
+                                               elem_classes="studio-image", elem_id="p2p-edited-image")
+                    self.info = gr.Markdown()
+                    with gr.Accordion("Attention explorer", open=True):
+                        with gr.Row():
+                            self.upto = gr.Slider(1, P2PParams.steps, value=P2PParams.steps, step=1,
+                                                  label="Average over steps 1…")
+                            self.side = gr.Dropdown(["all"], value="all", label="Resolution")
+                        self.source_maps = gr.Gallery(label="Source: cross-attention per token", columns=6,
+                                                      height=200, format="png", elem_id="p2p-source-maps")
+                        self.edited_maps = gr.Gallery(label="Edited: cross-attention per token", columns=6,
+                                                      height=200, format="png")
+                        self.mask = gr.Image(label="LocalBlend mask (white: may change)", format="png",
+                                             interactive=False, height=160, visible=False)
+        self._wire()
+
+    def _wire(self) -> None:
+        # One slider per word of the edited prompt: a fixed set, relabelled and shown as the prompt changes, so the
+        # event (and its API) stays the same whatever the prompt.
+        self.target_prompt.change(self.relabel, [self.target_prompt, self.source_prompt], self.weights,
+                                  api_name=False, queue=False)
+        self.source_prompt.change(self.relabel, [self.target_prompt, self.source_prompt], self.weights,
+                                  api_name=False, queue=False)
+        inputs = [self.source_prompt, self.target_prompt, self.edit, self.cross_start, self.cross_end, self.self_end,
+                  self.blend_words, self.blend_threshold, self.steps, self.cfg, self.seed, *self.weights]
+        event = self.run.click(self.p2p, inputs, [self.source, self.edited, self.info, self.result, self.side,
+                                                  self.mask], api_name="p2p", concurrency_id=GPU)
+        event.then(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
+                   api_name=False)
+        self.stop.click(self.cancel, None, None, cancels=[event], api_name="cancel_p2p", queue=False)
+        for control in (self.upto, self.side):
+            control.change(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
+                           api_name=False, queue=False)
+
+    @staticmethod
+    def words(target: str, source: str) -> list[str]:
+        return list(dict.fromkeys((target or source or "").split()))[:MAX_WEIGHT_WORDS]
+
+    def relabel(self, target: str, source: str):
+        words = self.words(target, source)
+        return [gr.update(label=words[i], visible=True, value=1) if i < len(words) else gr.update(visible=False)
+                for i in range(MAX_WEIGHT_WORDS)]
+
+    @user_errors
+    def p2p(self, source, target, edit, cross_start, cross_end, self_end, blend_words, blend_threshold, steps, cfg,
+            seed, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request, progress=gr.Progress()):
+        # Named slider parameters, not *weights: Gradio injects `request` and `progress` only into fixed signatures.
+        weights = dict(zip(self.words(target, source), (w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11)))
+        params = P2PParams(source or "", target or "", edit, {w: float(v) for w, v in weights.items() if v != 1},
+                           float(cross_start), float(cross_end), {}, float(self_end), (blend_words or "").split(),
+                           float(blend_threshold), int(steps), float(cfg), -1 if seed is None else int(seed))
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+            result = run_p2p(pipe, params, should_stop=stop.is_set,
+                             on_step=lambda i, n: progress((i, n), desc="Denoising source and edit", unit="steps"))
+        for warning in result.warnings:
+            gr.Warning(warning)
+        weighted = ", ".join(f"{w} ×{v:g}" for w, v in params.weights.items()) or "none"
+        info = (f"{edit} · seed {result.seed} · cross-attention {params.cross_start:.2f}–{params.cross_end:.2f} · "
+                f"self-attention until {params.self_end:.2f} · weights: {weighted}")
+        sides = gr.update(choices=["all", *map(str, result.maps.sides)], value="all")
+        mask = gr.update(value=result.blend_mask, visible=result.blend_mask is not None)
+        return result.source, result.edited, info, result, sides, mask
+
+    @staticmethod
+    def explore(result: P2PResult | None, upto: float, side: str):
+        if result is None:
+            return [], []
+        steps = [s for s in result.maps.steps if s < int(upto)] or result.maps.steps[:1]
+        sides = None if side == "all" else [int(side)]
+        size = 96
+        galleries = []
+        for prompt, tokens in ((0, result.source_tokens), (1, result.target_tokens)):
+            galleries.append([(heat(result.maps.token_map(prompt, i, steps, sides), size), token)
+                              for i, token in enumerate(tokens)])
+        return galleries
+
+    def cancel(self, request: gr.Request):
+        self.ctx.cancel.cancel(request.session_hash if request else "api")

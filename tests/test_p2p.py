@@ -1,0 +1,96 @@
+"""Prompt-to-Prompt on the tiny model: processors restored, token mappers, identity edits, bad input, cancel."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from studio.generate import make_scheduler
+from studio.jobs import Cancelled
+from studio.p2p import P2PParams, refine_mapper, replace_mapper, run_p2p, word_tokens
+from studio.tiny import load_tokenizer
+
+FAST = dict(source_prompt="a red circle on the left", target_prompt="a blue circle on the left", steps=6, seed=3)
+
+
+def p2p(manager, **kwargs):
+    with manager.lend("tiny") as pipe:
+        return run_p2p(pipe, P2PParams(**{**FAST, **kwargs}))
+
+
+def test_processors_are_restored_after_an_edit_and_after_a_cancel(manager):
+    with manager.lend("tiny") as pipe:
+        before = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+        run_p2p(pipe, P2PParams(**FAST))
+        assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
+        with pytest.raises(Cancelled):
+            run_p2p(pipe, P2PParams(**FAST), should_stop=lambda: True)
+        assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
+
+
+@pytest.mark.parametrize("edit", ["replace", "refine"])
+def test_target_equal_to_source_reproduces_the_source_exactly(manager, edit):
+    result = p2p(manager, edit=edit, target_prompt=FAST["source_prompt"])
+    assert np.array_equal(np.asarray(result.source), np.asarray(result.edited))
+
+
+def test_source_image_is_the_plain_generation_of_the_source_prompt(manager):
+    """Our attention processor computes what diffusers' does: the source row is an ordinary DDIM generation."""
+    result = p2p(manager)
+    with manager.lend("tiny") as pipe:
+        noise = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(3))
+        scheduler = pipe.scheduler
+        pipe.scheduler = make_scheduler("DDIM", scheduler.config)
+        try:
+            plain = pipe(FAST["source_prompt"], num_inference_steps=6, latents=noise, height=64, width=64,
+                         output_type="np").images[0]
+        finally:
+            pipe.scheduler = scheduler
+    assert np.abs(np.asarray(result.source) / 255 - plain).max() < 2 / 255
+
+
+def test_replace_mapper_handles_words_of_different_token_counts():
+    tokenizer = load_tokenizer()
+    src, tgt = "a red circle", "a red motorcycle"  # "motorcycle" is one token, check the spans anyway
+    spans_t = word_tokens(tokenizer, tgt)
+    mapper = replace_mapper(tokenizer, src, tgt)
+    assert torch.allclose(mapper.sum(0)[: spans_t[-1][-1] + 1], torch.ones(spans_t[-1][-1] + 1))
+    long = "a red supercalifragilistic"
+    spans = word_tokens(tokenizer, long)
+    assert len(spans[-1]) > 1
+    mapper = replace_mapper(tokenizer, src, long)
+    circle = word_tokens(tokenizer, src)[-1][0]
+    assert all(mapper[circle, j] == 1 for j in spans[-1])  # each new token takes the old word's map
+    eos_t = spans[-1][-1] + 1
+    assert mapper[word_tokens(tokenizer, src)[-1][-1] + 1, eos_t] == 1  # EOS follows the shift
+
+
+def test_refine_aligns_the_shared_tokens_and_marks_new_ones():
+    tokenizer = load_tokenizer()
+    mapper, alphas = refine_mapper(tokenizer, "a circle", "a red circle")
+    assert alphas[:4].tolist() == [1, 1, 0, 1]  # BOS, "a", new "red", "circle"
+    assert mapper[3] == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(source_prompt=""), "source prompt"),
+    (dict(target_prompt="a blue circle"), "one for one"),
+    (dict(edit="reweight", weights={}), "at least one word"),
+    (dict(weights={"green": 2.0}), "not a word of the target"),
+    (dict(blend_words=["square"]), "in neither prompt"),
+    (dict(cross_start=0.9, cross_end=0.2), "start ≤ end"),
+    (dict(edit="swap"), "Unknown edit"),
+])
+def test_bad_input_is_refused_with_a_message(manager, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        p2p(manager, **kwargs)
+
+
+def test_maps_are_recorded_per_step_and_resolution_and_blend_gives_a_mask(manager):
+    result = p2p(manager, blend_words=["circle"])
+    assert result.maps.steps == list(range(6)) and result.maps.sides == [4, 8]
+    assert result.maps.get(0, 8).shape == (2, 8, 8, result.maps.n_tokens)
+    assert result.source_tokens[:4] == ["<|startoftext|>", "a", "red", "circle"]
+    m = result.maps.token_map(0, 3)
+    assert m.shape == (8, 8) and m.max() == pytest.approx(1)
+    assert result.blend_mask is not None and result.blend_mask.size == (64, 64)

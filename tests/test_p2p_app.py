@@ -1,0 +1,33 @@
+"""The Prompt-to-Prompt tab through gradio_client: an edit with a word weight, and bad input."""
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+WEIGHTS = [1.0] * 12
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def edit(client, source="a red circle", target="a blue circle", kind="replace", blend="", weights=WEIGHTS):
+    return client.predict(source, target, kind, 0.0, 0.8, 0.4, blend, 0.3, 5, 7.5, 1, *weights, api_name="/p2p")
+
+
+def test_an_edit_returns_source_and_edited_images_and_says_what_was_done(client):
+    source, edited, info = edit(client, weights=[1.0, 1.0, 2.0] + [1.0] * 9, blend="circle")[:3]
+    with Image.open(source) as a, Image.open(edited) as b:
+        assert a.size == b.size == (64, 64) and a.format == "PNG"
+    assert info.startswith("replace · seed 1") and "circle ×2" in info
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(source=""), "source prompt"),
+                                           (dict(target="a blue circle today"), "one for one"),
+                                           (dict(kind="reweight", target=""), "at least one word")])
+def test_bad_input_gets_a_message_and_the_app_stays_up(client, kwargs, match):
+    with pytest.raises(AppError, match=match):
+        edit(client, **kwargs)
+    assert edit(client)[2].startswith("replace")
