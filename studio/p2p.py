@@ -29,6 +29,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from studio.generate import MAX_SEED, make_scheduler, snap_size
+from studio.inversion import Inversion
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.models import decode_latents, to_images
 from studio.params import Ranged, ranged
@@ -358,11 +359,16 @@ def token_strings(tokenizer, prompt: str, n: int) -> list[str]:
 
 
 @torch.no_grad()
-def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, on_step: StepFn | None = None,
-            should_stop: StopFn | None = None) -> P2PResult:
+def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inversion | None = None,
+            on_step: StepFn | None = None, should_stop: StopFn | None = None) -> P2PResult:
     """Generate the source and the edit in one batch. `pipe` comes from `ModelManager.lend` (the processors are
-    swapped on the shared UNet and always put back)."""
+    swapped on the shared UNet and always put back). With `inversion`, the source is that real image: the walk
+    starts from its x_T and uses its optimised null-text embedding at each step."""
     check_params(params)
+    if inversion is not None and (inversion.prompt, inversion.steps, inversion.cfg) != (
+            params.source_prompt, params.steps, params.cfg):
+        raise ValueError("The source prompt, steps and guidance must be those the image was inverted with; "
+                         "invert it again after changing them.")
     if params.edit == "reweight" and not params.target_prompt.strip():
         params = P2PParams(**{**params.__dict__, "target_prompt": params.source_prompt})
     warnings: list[str] = []
@@ -379,9 +385,13 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, on_step: StepFn
     scheduler = make_scheduler("DDIM", pipe.scheduler.config)
     scheduler.set_timesteps(params.steps, device=device)
     f = pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
-    noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
-    latents = (noise * scheduler.init_noise_sigma).to(device, dtype).repeat(2, 1, 1, 1)  # one start for both
+    if inversion is not None:
+        latents = inversion.x_T.to(device, dtype).repeat(2, 1, 1, 1)
+        height, width = latents.shape[2] * f, latents.shape[3] * f
+    else:
+        shape = (1, pipe.unet.config.in_channels, height // f, width // f)
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+        latents = (noise * scheduler.init_noise_sigma).to(device, dtype).repeat(2, 1, 1, 1)  # one start for both
 
     controller = Controller(params, pipe.tokenizer, (height // f, width // f), use_cfg)
     saved = pipe.unet.attn_processors
@@ -391,6 +401,8 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, on_step: StepFn
             if should_stop and should_stop():
                 raise Cancelled("Prompt-to-Prompt cancelled")
             model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if use_cfg else latents, t)
+            if inversion is not None and use_cfg:
+                context = torch.cat([inversion.null_embeddings[i].to(device, dtype).expand(2, -1, -1), cond])
             eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
             if use_cfg:
                 eps_uncond, eps_cond = eps.chunk(2)

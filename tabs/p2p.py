@@ -5,6 +5,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from studio.inversion import invert, inversion_key
 from studio.p2p import EDITS, P2PParams, P2PResult, run_p2p
 from tabs import GPU, StudioContext, slider, user_errors
 
@@ -37,6 +38,12 @@ class P2PTab:
                     self.target_prompt = gr.Textbox("a blue circle", label="Edited prompt", elem_id="p2p-target",
                                                     info="Reweight alone may leave this empty.")
                     self.edit = gr.Radio(list(EDITS), value="replace", label="Edit")
+                    with gr.Accordion("Edit a real image (DDIM + null-text inversion)", open=False):
+                        self.real = gr.Image(label="Real image (the source prompt must describe it)", type="pil",
+                                             height=200, elem_id="p2p-real")
+                        gr.Markdown("The image is inverted once for its source prompt, steps and guidance (about "
+                                    "20 model calls per step); later edits with the same settings reuse it.")
+                        self.inversion = gr.State(None)
                     gr.Markdown("**Attention weight per word of the edited prompt** (1 = unchanged)")
                     with gr.Row():
                         words = self.words("a blue circle", "")
@@ -86,9 +93,10 @@ class P2PTab:
         self.source_prompt.change(self.relabel, [self.target_prompt, self.source_prompt], self.weights,
                                   api_name=False, queue=False)
         inputs = [self.source_prompt, self.target_prompt, self.edit, self.cross_start, self.cross_end, self.self_end,
-                  self.blend_words, self.blend_threshold, self.steps, self.cfg, self.seed, *self.weights]
+                  self.blend_words, self.blend_threshold, self.steps, self.cfg, self.seed, self.real, self.inversion,
+                  *self.weights]
         event = self.run.click(self.p2p, inputs, [self.source, self.edited, self.info, self.result, self.side,
-                                                  self.mask], api_name="p2p", concurrency_id=GPU)
+                                                  self.mask, self.inversion], api_name="p2p", concurrency_id=GPU)
         event.then(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
                    api_name=False)
         self.stop.click(self.cancel, None, None, cancels=[event], api_name="cancel_p2p", queue=False)
@@ -107,15 +115,23 @@ class P2PTab:
 
     @user_errors
     def p2p(self, source, target, edit, cross_start, cross_end, self_end, blend_words, blend_threshold, steps, cfg,
-            seed, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request, progress=gr.Progress()):
+            seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request,
+            progress=gr.Progress()):
         # Named slider parameters, not *weights: Gradio injects `request` and `progress` only into fixed signatures.
         weights = dict(zip(self.words(target, source), (w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11)))
         params = P2PParams(source or "", target or "", edit, {w: float(v) for w, v in weights.items() if v != 1},
                            float(cross_start), float(cross_end), {}, float(self_end), (blend_words or "").split(),
                            float(blend_threshold), int(steps), float(cfg), -1 if seed is None else int(seed))
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        inversion = None
         with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
-            result = run_p2p(pipe, params, should_stop=stop.is_set,
+            if real is not None:
+                inversion = cached
+                if cached is None or cached.key != inversion_key(real, params.source_prompt, params.steps, params.cfg):
+                    inversion = invert(pipe, real, params.source_prompt, steps=params.steps, cfg=params.cfg,
+                                       should_stop=stop.is_set,
+                                       on_step=lambda i, n: progress((i, n), desc="Inverting the image", unit="steps"))
+            result = run_p2p(pipe, params, inversion=inversion, should_stop=stop.is_set,
                              on_step=lambda i, n: progress((i, n), desc="Denoising source and edit", unit="steps"))
         for warning in result.warnings:
             gr.Warning(warning)
@@ -124,7 +140,10 @@ class P2PTab:
                 f"self-attention until {params.self_end:.2f} · weights: {weighted}")
         sides = gr.update(choices=["all", *map(str, result.maps.sides)], value="all")
         mask = gr.update(value=result.blend_mask, visible=result.blend_mask is not None)
-        return result.source, result.edited, info, result, sides, mask
+        if inversion is not None:
+            info += (f"\n\nReal image: reconstruction PSNR {inversion.psnr:.1f} dB with null-text inversion "
+                     f"({inversion.psnr_ddim:.1f} dB with DDIM inversion alone).")
+        return result.source, result.edited, info, result, sides, mask, inversion
 
     @staticmethod
     def explore(result: P2PResult | None, upto: float, side: str):

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from PIL import Image
 
 from studio.generate import make_scheduler
+from studio.inversion import invert, inversion_key
 from studio.jobs import Cancelled
 from studio.p2p import P2PParams, refine_mapper, replace_mapper, run_p2p, word_tokens
 from studio.tiny import load_tokenizer
@@ -94,3 +95,20 @@ def test_maps_are_recorded_per_step_and_resolution_and_blend_gives_a_mask(manage
     m = result.maps.token_map(0, 3)
     assert m.shape == (8, 8) and m.max() == pytest.approx(1)
     assert result.blend_mask is not None and result.blend_mask.size == (64, 64)
+
+
+def test_an_inverted_image_is_the_source_row_and_settings_must_match(manager):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    with manager.lend("tiny") as pipe:
+        inversion = invert(pipe, image, "a red circle", steps=5, inner_steps=2)
+        assert len(inversion.null_embeddings) == 5 and inversion.key == inversion_key(image, "a red circle", 5, 7.5)
+        result = run_p2p(pipe, P2PParams("a red circle", "a red circle", steps=5), inversion=inversion)
+        # the same walk (up to float rounding between the inversion's fp32 steps and the scheduler's)
+        diff = np.abs(np.asarray(result.source, dtype=int) - np.asarray(inversion.reconstruction, dtype=int))
+        assert diff.max() <= 2
+        with pytest.raises(ValueError, match="invert it again"):
+            run_p2p(pipe, P2PParams("a red circle", "a blue circle", steps=6), inversion=inversion)
+        with pytest.raises(Cancelled):
+            invert(pipe, image, "a red circle", steps=5, should_stop=lambda: True)
+        with pytest.raises(ValueError, match="source prompt"):
+            invert(pipe, image, " ")

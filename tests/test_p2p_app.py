@@ -1,7 +1,7 @@
 """The Prompt-to-Prompt tab through gradio_client: an edit with a word weight, and bad input."""
 
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
@@ -13,8 +13,8 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def edit(client, source="a red circle", target="a blue circle", kind="replace", blend="", weights=WEIGHTS):
-    return client.predict(source, target, kind, 0.0, 0.8, 0.4, blend, 0.3, 5, 7.5, 1, *weights, api_name="/p2p")
+def edit(client, source="a red circle", target="a blue circle", kind="replace", blend="", weights=WEIGHTS, real=None):
+    return client.predict(source, target, kind, 0.0, 0.8, 0.4, blend, 0.3, 5, 7.5, 1, real, *weights, api_name="/p2p")
 
 
 def test_an_edit_returns_source_and_edited_images_and_says_what_was_done(client):
@@ -31,3 +31,9 @@ def test_bad_input_gets_a_message_and_the_app_stays_up(client, kwargs, match):
     with pytest.raises(AppError, match=match):
         edit(client, **kwargs)
     assert edit(client)[2].startswith("replace")
+
+
+def test_a_real_image_is_inverted_and_the_psnr_shown(client, tmp_path):
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "real.png")
+    info = edit(client, real=handle_file(str(tmp_path / "real.png")))[2]
+    assert "reconstruction PSNR" in info and "DDIM inversion alone" in info
