@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
-    ctx = StudioContext(manager, model, outputs, send_to={SDEditTab.TAB_ID: SDEditTab.LABEL})
+    ctx = StudioContext(manager, model, outputs, send_to={SDEditTab.TAB_ID: SDEditTab.LABEL,
+                                                           P2PTab.TAB_ID: P2PTab.LABEL})
     source = manager.resolve(model)
     with gr.Blocks(title="Diffusion Studio") as demo:
         gr.Markdown(f"# Diffusion Studio\nModel: **{source.name}** · {describe(manager.device)}")

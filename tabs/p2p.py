@@ -7,7 +7,7 @@ from PIL import Image
 
 from studio.inversion import invert, inversion_key
 from studio.p2p import EDITS, P2PParams, P2PResult, run_p2p
-from tabs import GPU, StudioContext, slider, user_errors
+from tabs import GPU, SendTarget, StudioContext, slider, user_errors
 
 EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edited prompt are drawn together from "
            "the same noise; for the first part of the schedule the edit reuses the source's cross-attention maps, so "
@@ -22,6 +22,19 @@ def heat(values: np.ndarray, size: int) -> Image.Image:
     v = (values - values.min()) / max(float(values.max() - values.min()), 1e-8)
     rgb = np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 0.5, 0, 1), np.clip(v - 0.8, 0, 1) * 5], -1)
     return Image.fromarray((rgb * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+
+
+def parse_windows(text: str) -> dict[str, tuple[float, float]]:
+    """ "blue:0-0.4, circle:0.2-1" → {"blue": (0.0, 0.4), "circle": (0.2, 1.0)}."""
+    windows = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        try:
+            word, span = item.rsplit(":", 1)
+            start, end = span.split("-")
+            windows[word.strip()] = (float(start), float(end))
+        except ValueError:
+            raise ValueError(f"Write per-word windows as word:start-end, e.g. blue:0-0.4 (got {item!r}).") from None
+    return windows
 
 
 class P2PTab:
@@ -54,6 +67,10 @@ class P2PTab:
                         with gr.Row():
                             self.cross_start = slider(P2PParams, "cross_start", "Cross-attention from")
                             self.cross_end = slider(P2PParams, "cross_end", "…to")
+                        self.word_windows = gr.Textbox(label="Per-word cross-attention windows",
+                                                       placeholder="blue:0-0.4, circle:0-1",
+                                                       info="word:start-end (fractions of the schedule); other "
+                                                       "words use the window above.")
                         self.self_end = slider(P2PParams, "self_end", "Self-attention until")
                         self.blend_words = gr.Textbox(label="LocalBlend words (space-separated; empty = off)",
                                                       placeholder="circle")
@@ -83,6 +100,8 @@ class P2PTab:
                                                       height=200, format="png")
                         self.mask = gr.Image(label="LocalBlend mask (white: may change)", format="png",
                                              interactive=False, height=160, visible=False)
+        # From Generate: the picture arrives as a real image to invert, with its prompt as the source prompt.
+        ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, self.real, self.source_prompt, self.seed))
         self._wire()
 
     def _wire(self) -> None:
@@ -92,9 +111,9 @@ class P2PTab:
                                   api_name=False, queue=False)
         self.source_prompt.change(self.relabel, [self.target_prompt, self.source_prompt], self.weights,
                                   api_name=False, queue=False)
-        inputs = [self.source_prompt, self.target_prompt, self.edit, self.cross_start, self.cross_end, self.self_end,
-                  self.blend_words, self.blend_threshold, self.steps, self.cfg, self.seed, self.real, self.inversion,
-                  *self.weights]
+        inputs = [self.source_prompt, self.target_prompt, self.edit, self.cross_start, self.cross_end,
+                  self.word_windows, self.self_end, self.blend_words, self.blend_threshold, self.steps, self.cfg,
+                  self.seed, self.real, self.inversion, *self.weights]
         event = self.run.click(self.p2p, inputs, [self.source, self.edited, self.info, self.result, self.side,
                                                   self.mask, self.inversion], api_name="p2p", concurrency_id=GPU)
         event.then(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
@@ -114,14 +133,15 @@ class P2PTab:
                 for i in range(MAX_WEIGHT_WORDS)]
 
     @user_errors
-    def p2p(self, source, target, edit, cross_start, cross_end, self_end, blend_words, blend_threshold, steps, cfg,
-            seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request,
+    def p2p(self, source, target, edit, cross_start, cross_end, word_windows, self_end, blend_words, blend_threshold,
+            steps, cfg, seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request,
             progress=gr.Progress()):
         # Named slider parameters, not *weights: Gradio injects `request` and `progress` only into fixed signatures.
         weights = dict(zip(self.words(target, source), (w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11)))
         params = P2PParams(source or "", target or "", edit, {w: float(v) for w, v in weights.items() if v != 1},
-                           float(cross_start), float(cross_end), {}, float(self_end), (blend_words or "").split(),
-                           float(blend_threshold), int(steps), float(cfg), -1 if seed is None else int(seed))
+                           float(cross_start), float(cross_end), parse_windows(word_windows), float(self_end),
+                           (blend_words or "").split(), float(blend_threshold), int(steps), float(cfg),
+                           -1 if seed is None else int(seed))
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
         inversion = None
         with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:

@@ -13,8 +13,10 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def edit(client, source="a red circle", target="a blue circle", kind="replace", blend="", weights=WEIGHTS, real=None):
-    return client.predict(source, target, kind, 0.0, 0.8, 0.4, blend, 0.3, 5, 7.5, 1, real, *weights, api_name="/p2p")
+def edit(client, source="a red circle", target="a blue circle", kind="replace", blend="", weights=WEIGHTS, real=None,
+         windows=""):
+    return client.predict(source, target, kind, 0.0, 0.8, windows, 0.4, blend, 0.3, 5, 7.5, 1, real, *weights,
+                          api_name="/p2p")
 
 
 def test_an_edit_returns_source_and_edited_images_and_says_what_was_done(client):
@@ -26,7 +28,9 @@ def test_an_edit_returns_source_and_edited_images_and_says_what_was_done(client)
 
 @pytest.mark.parametrize("kwargs, match", [(dict(source=""), "source prompt"),
                                            (dict(target="a blue circle today"), "one for one"),
-                                           (dict(kind="reweight", target=""), "at least one word")])
+                                           (dict(kind="reweight", target=""), "at least one word"),
+                                           (dict(windows="blue 0-0.4"), "word:start-end"),
+                                           (dict(windows="green:0-0.4"), "not a word of the target")])
 def test_bad_input_gets_a_message_and_the_app_stays_up(client, kwargs, match):
     with pytest.raises(AppError, match=match):
         edit(client, **kwargs)
