@@ -184,7 +184,7 @@ def realism(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str = "",
     prediction at n evenly spaced timesteps, fixed noise). Typical images of the model's world are easy to denoise;
     strokes and collages are not. Lower is more realistic; compare values from one model only."""
     device, dtype = pipe.unet.device, pipe.unet.dtype
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.no_grad():
         z = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
