@@ -35,7 +35,7 @@ def plain_loop(pipe, image: Image.Image, params: ClassifyParams) -> int:
     pixels = pixels.permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
     with torch.no_grad():
         z = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        every, per_stage = timesteps(params.stages)
+        _, per_stage = timesteps(params.stages)
         remaining, errors, calls = list(CLASSES), {}, 0
         for (_, keep), ts in zip(params.stages, per_stage):
             for name in remaining:
