@@ -30,6 +30,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image, UnidentifiedImageError
 
 from studio.jobs import Cancelled, StepFn, StopFn
+from studio.models import encode_image, flatten_alpha
 from studio.params import Ranged, ranged
 from studio.shapes.world import COLOURS, SHAPES
 
@@ -137,10 +138,7 @@ def class_presets(path: Path = PRESETS) -> dict[str, tuple[list[str], list[str]]
 def prepare_image(image: Image.Image, side: int) -> Image.Image:
     """RGB, shorter side scaled to the model's native size, centre-cropped to a square (the paper's preprocessing).
     Transparency is flattened onto white."""
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    image = image.convert("RGB")
+    image, _ = flatten_alpha(image)
     if min(image.size) < 8:
         raise ValueError(f"The image is {image.width}×{image.height}; it is too small to classify.")
     scale = side / min(image.size)
@@ -165,8 +163,7 @@ def classify(pipe: StableDiffusionPipeline, image: Image.Image, classes: list[st
 
     # 1. The image latent (the VAE posterior mean, as in the paper) and one embedding per (class, template)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels = torch.from_numpy(np.array(prepare_image(image, side))).permute(2, 0, 1)[None]
-    z = pipe.vae.encode(pixels.to(device, dtype) / 127.5 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+    z = encode_image(pipe, prepare_image(image, side))
     prompts = [t.format(c) for c in classes for t in templates]
     embeddings = pipe.encode_prompt(prompts, device, 1, False)[0].view(len(classes), len(templates), -1,
                                                                        pipe.text_encoder.config.hidden_size)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from studio.generate import make_scheduler
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents, to_images
+from studio.models import decode_latents, encode_image, to_images
 
 
 @dataclass
@@ -71,8 +71,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
 
     with torch.no_grad():
         cond, uncond = pipe.encode_prompt(prompt, device, 1, True)
-        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
-        z0 = pipe.vae.encode(pixels).latent_dist.mean.float() * pipe.vae.config.scaling_factor
+        z0 = encode_image(pipe, image).float()
     done, total = 0, 2 * steps
 
     def tick() -> None:

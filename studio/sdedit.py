@@ -21,7 +21,7 @@ from PIL import Image
 from studio.generate import MAX_SEED, make_scheduler, snap_size
 from studio.params import Ranged, ranged
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents, to_images
+from studio.models import decode_latents, encode_image, flatten_alpha, to_images
 
 MAX_SIDE = 1024  # larger guides are scaled down (with a note): memory grows with the square of the side
 N_PREVIEWS = 4  # predicted-x0 views kept along the way
@@ -52,11 +52,9 @@ class SDEditResult:
 
 def prepare_guide(image: Image.Image, warnings: list[str]) -> Image.Image:
     """RGB, at most MAX_SIDE pixels a side, each side a multiple of 8. RGBA is flattened onto white."""
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    image, flattened = flatten_alpha(image)
+    if flattened:
         warnings.append("The guide had transparency; it was placed on white.")
-    image = image.convert("RGB")
     if max(image.size) > MAX_SIDE:
         scale = MAX_SIDE / max(image.size)
         warnings.append(f"The guide ({image.width}×{image.height}) was scaled down to at most {MAX_SIDE} px a side.")
@@ -119,9 +117,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
     t_start = timesteps[:1]
 
     # 4. Encode the guide once; latent-space mask (any editable pixel makes its latent cell editable)
-    pixels = torch.from_numpy(np.array(guide)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
-    with torch.no_grad():
-        z_guide = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    z_guide = encode_image(pipe, guide)
     factor = pipe.vae_scale_factor
     m = None
     if weight is not None:
@@ -184,10 +180,9 @@ def realism(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str = "",
     prediction at n evenly spaced timesteps, fixed noise). Typical images of the model's world are easy to denoise;
     strokes and collages are not. Lower is more realistic; compare values from one model only."""
     device, dtype = pipe.unet.device, pipe.unet.dtype
-    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
+    z = encode_image(pipe, image)
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.no_grad():
-        z = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         context, _ = pipe.encode_prompt(prompt, device, 1, False)
         steps = pipe.scheduler.config.num_train_timesteps
         t = torch.linspace(steps * 0.1, steps * 0.9, n).long().to(device)
