@@ -10,6 +10,7 @@ from studio.device import describe
 from studio.models import ModelManager
 from tabs import StudioContext
 from tabs.classify import ClassifyTab
+from tabs.control import ControlTab
 from tabs.generate import GenerateTab
 from tabs.p2p import P2PTab
 from tabs.sdedit import SDEditTab
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image)")
     p.add_argument("--allow-pickle", action="store_true", help="also load .ckpt/.bin weights (can run code)")
+    p.add_argument("--annotators", type=Path, metavar="FOLDER",
+                   help="preprocessor weights (files of lllyasviel/Annotators) from this folder instead of the Hub")
     p.add_argument("--memory-budget", type=float, metavar="GIB", help="evict least recently used models above this")
     p.add_argument("--outputs", type=Path, default=Path("outputs"), help="where generated PNGs are saved")
     return p.parse_args(argv)
@@ -49,6 +52,7 @@ def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
             generate = GenerateTab(ctx)
             SDEditTab(ctx)
             P2PTab(ctx)
+            ControlTab(ctx)
             ClassifyTab(ctx)
         generate.wire_send_to(ctx.send_targets, tabs)
     return demo
@@ -57,7 +61,8 @@ def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     manager = ModelManager(args.device, memory_budget_gb=args.memory_budget, offline=args.offline,
-                           allow_pickle=args.allow_pickle, compile=args.compile)
+                           allow_pickle=args.allow_pickle, compile=args.compile,
+                           annotators_dir=args.annotators)
     demo = build_app(manager, args.model, args.outputs)
     demo.queue(max_size=32).launch(server_name=args.host, server_port=args.port, share=args.share,
                                    allowed_paths=[str(args.outputs.resolve())], theme=gr.themes.Soft(), css=CSS)

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -24,10 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from huggingface_hub import hf_hub_download
 from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, T2IAdapter
 from PIL import Image
 
 from studio.device import dtype_for, pick_device
+from studio.preprocess import PREPROCESSORS, Preprocessor
 from studio.tiny import ensure_tiny_family
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,8 +127,15 @@ def native_size(folder: Path) -> int:
 
 
 def module_bytes(obj: Any) -> int:
-    """Bytes of parameters and buffers held by a pipeline's or a single model's torch modules."""
-    modules = obj.components.values() if isinstance(obj, DiffusionPipeline) else [obj]
+    """Bytes of parameters and buffers held by a pipeline, a model, or an annotator object that holds models (at
+    most two attributes deep, as controlnet-aux's detectors do)."""
+    if isinstance(obj, DiffusionPipeline):
+        modules = list(obj.components.values())
+    elif isinstance(obj, torch.nn.Module):
+        modules = [obj]
+    else:
+        inner = [v for v in vars(obj).values() if not isinstance(v, torch.nn.Module) and hasattr(v, "__dict__")]
+        modules = [v for holder in [obj, *inner] for v in vars(holder).values()]
     return sum(t.numel() * t.element_size() for m in modules if isinstance(m, torch.nn.Module)
                for t in [*m.parameters(), *m.buffers()])
 
@@ -141,11 +151,14 @@ class ModelManager:
         allow_pickle: also load .ckpt/.bin weights, which can run code when unpickled. Off by default.
         compile: torch.compile the UNet of each base model (slow first call, faster after).
         cache_dir: where built-in models are built or found.
+        annotators_dir: a folder holding preprocessor weights (files of lllyasviel/Annotators), used instead of the
+            Hub: classrooms copy it once.
     """
 
     def __init__(self, device: str | None = None, *, dtype: torch.dtype | None = None,
                  memory_budget_gb: float | None = None, offline: bool = False, allow_pickle: bool = False,
-                 compile: bool = False, cache_dir: Path | None = None, catalog: Catalog | None = None):
+                 compile: bool = False, cache_dir: Path | None = None, catalog: Catalog | None = None,
+                 annotators_dir: Path | None = None):
         self.device = pick_device(device)
         self.dtype = dtype or dtype_for(self.device)
         self.budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
@@ -154,6 +167,8 @@ class ModelManager:
         self.compile = compile
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "diffusion-studio")
         self.catalog = catalog or Catalog.load()
+        self.annotators_dir = Path(annotators_dir) if annotators_dir else None
+        self._hub_checked = (-1e9, False)  # (when, answer) of the last reachability probe
         self.gpu_lock = threading.RLock()  # one job at a time on the shared weights
         self._lock = threading.Lock()  # guards the two dicts below
         self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
@@ -336,12 +351,73 @@ class ModelManager:
 
     def component(self, spec: str, *, on_progress: ProgressFn | None = None) -> ControlNetModel | T2IAdapter:
         """A cached ControlNet or T2I-Adapter, by catalog name (section tells the class) or path/hub id."""
-        found = self.catalog.find(spec)
-        if not found or found[0] not in COMPONENT_CLASSES:
-            raise ModelUnavailable(f"'{spec}' is not a ControlNet or T2I-Adapter in the catalog.")
-        cls = COMPONENT_CLASSES[found[0]]
+        section = self.component_kind(spec)
+        cls = COMPONENT_CLASSES[section]
         source = self.resolve(spec)
-        return self._cached(self._key(source, found[0]), lambda: self._from_pretrained(cls, source, on_progress))
+        return self._cached(self._key(source, section), lambda: self._from_pretrained(cls, source, on_progress))
+
+    def component_kind(self, spec: str) -> str:
+        """"controlnet" or "t2i_adapter", from the catalog section or a folder's config.json."""
+        found = self.catalog.find(spec)
+        if found and found[0] in COMPONENT_CLASSES:
+            return found[0]
+        config = Path(spec).expanduser() / "config.json"
+        if config.is_file():
+            kind = {"ControlNetModel": "controlnet", "T2IAdapter": "t2i_adapter"}.get(
+                json.loads(config.read_text()).get("_class_name"))
+            if kind:
+                return kind
+        names = ", ".join(self.catalog.names("controlnet") + self.catalog.names("t2i_adapter"))
+        raise ModelUnavailable(f"'{spec}' is not a ControlNet or T2I-Adapter: use a catalog name ({names}) or a "
+                               "diffusers folder of one.")
+
+    def annotator(self, name: str, *, on_progress: ProgressFn | None = None) -> Any:
+        """The cached controlnet-aux detector of a network preprocessor (None for weight-free ones). Its files come
+        from --annotators FOLDER when given, else from the Hub cache, downloading them when online."""
+        pre = PREPROCESSORS[name]
+        if not pre.needs_weights:
+            return None
+        folder = self._annotator_folder(pre, on_progress)
+        key = ("annotator", name, folder, "float32", str(self.device))
+        return self._cached(key, lambda: self._count_load(pre.loader, folder))
+
+    def _hub_reachable(self) -> bool:
+        """`hub_reachable`, remembered for a minute: one "all preprocessors" click probes the network once."""
+        now = time.monotonic()
+        if now - self._hub_checked[0] > 60:
+            self._hub_checked = (now, hub_reachable())
+        return self._hub_checked[1]
+
+    def _count_load(self, load: Callable[[str], Any], location: str) -> Any:
+        self.load_count += 1
+        return load(location)
+
+    def _annotator_folder(self, pre: Preprocessor, on_progress: ProgressFn | None) -> str:
+        if self.annotators_dir:
+            missing = [f for f in pre.weights if not (self.annotators_dir / f).is_file()]
+            if missing:
+                raise ModelUnavailable(f"{pre.label} needs {', '.join(missing)} in {self.annotators_dir} (from the "
+                                       f"Hub repository {pre.repo}).")
+            return str(self.annotators_dir)
+        paths = []
+        for filename in pre.weights:
+            try:
+                paths.append(hf_hub_download(pre.repo, filename, local_files_only=True))
+                continue
+            except Exception:  # noqa: BLE001 - any miss means: not in the local Hub cache
+                pass
+            if self.offline or not self._hub_reachable():
+                why = "offline mode is on" if self.offline else "the Hugging Face Hub cannot be reached"
+                free = ", ".join(p.name for p in PREPROCESSORS.values() if not p.needs_weights)
+                raise ModelUnavailable(
+                    f"{pre.label} needs {', '.join(pre.weights)} from {pre.repo}, which is not on this "
+                    f"machine, and {why}. Weight-free preprocessors work offline: {free}. To add it, on a machine "
+                    f"with internet run `hf download {pre.repo} {' '.join(pre.weights)} --local-dir "
+                    f"annotators`, copy that folder here and start the studio with --annotators annotators.")
+            if on_progress:
+                on_progress(0.0, f"Downloading {filename} from {pre.repo} (first use only)")
+            paths.append(hf_hub_download(pre.repo, filename))
+        return str(Path(paths[0]).parent)  # one snapshot folder holds every file of the repository
 
     def pipeline(self, spec: str, cls: type[DiffusionPipeline] = StableDiffusionPipeline,
                  *, on_progress: ProgressFn | None = None, **components: Any) -> DiffusionPipeline:

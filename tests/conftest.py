@@ -15,6 +15,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
     # Gradio's queue calls pandas options that pandas 3 deprecates. Not ours either.
     config.addinivalue_line("filterwarnings", "ignore::pandas.errors.Pandas4Warning")
+    # Importing any controlnet-aux annotator imports all of them, with their dependencies' deprecation noise.
+    for noise in ("Overwriting tiny_vit", "Importing from timm", "The module 'mediapipe'", "`torch.jit.script`"):
+        config.addinivalue_line("filterwarnings", f"ignore:{noise}")
 
 
 @pytest.fixture(scope="session")

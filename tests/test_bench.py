@@ -25,3 +25,13 @@ def test_p2p_benchmark_times_plain_and_edits(tmp_path):
                        str(tmp_path)])
     assert [row["path"] for row in table] == ["plain image", "replace edit", "replace + LocalBlend"]
     assert table[0]["ratio"] == 1
+
+
+def test_control_benchmark_times_plain_controlnet_and_adapter(tmp_path):
+    from bench.control import main as control_bench
+
+    table = control_bench(["--model", "tiny", "--device", "cpu", "--steps", "3", "--repeats", "1", "--workdir",
+                           str(tmp_path)])
+    assert [row["path"].split(" (")[0] for row in table] == ["plain image", "ControlNet", "T2I-Adapter",
+                                                              "ControlNet", "T2I-Adapter"]
+    assert table[0]["ratio"] == 1 and all(row["seconds"] > 0 for row in table)

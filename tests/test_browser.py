@@ -133,3 +133,20 @@ def test_edit_a_prompt_see_word_sliders_and_attention_maps(page, app_url):
     page.locator("#p2p-source-maps img").first.wait_for(timeout=30_000)
     page.get_by_label("green").first.wait_for()
     shot(page, "p2p")
+
+
+def test_upload_an_image_see_its_map_and_generate_with_control(page, app_url, tmp_path):
+    from tests.test_preprocess import square
+
+    square().save(tmp_path / "square.png")
+    page.goto(app_url)
+    page.get_by_role("tab", name="ControlNet / T2I-Adapter").click()
+    page.locator("#control-image-1 input[type=file]").set_input_files(str(tmp_path / "square.png"))
+    page.locator("#control-map-1 canvas").first.wait_for(timeout=30_000)  # the Canny preview fills the editor
+    page.locator("#control-pre-1 input").fill("Colour grid")
+    page.locator("#control-pre-1 input").press("Enter")
+    page.get_by_label("Block").first.wait_for(timeout=10_000)  # the colour grid's own knob appears
+    page.locator("#control-run").click()
+    page.locator("#control-output img").wait_for(timeout=60_000)
+    page.get_by_text("seed 0").wait_for(timeout=10_000)
+    shot(page, "control")

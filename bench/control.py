@@ -1,0 +1,98 @@
+"""ControlNet and T2I-Adapter cost per step: the studio's loop vs diffusers' pipelines, against a plain image.
+
+    python -m bench.control                      # CUDA: SD1.5 architecture, random weights, 20 steps, 512x512
+    python -m bench.control --model shapes --device cpu
+    python -m bench.control --model tiny         # any device: checks the script itself
+
+Goals on a GPU: ControlNet ≤ 1.3x a plain image's time per step, T2I-Adapter ≤ 3% over it (its features are
+computed once per image). Peak memory is reported on CUDA.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (ControlNetModel, StableDiffusionAdapterPipeline, StableDiffusionControlNetPipeline,
+                       T2IAdapter)
+from PIL import Image
+
+from bench.generate import free, measure
+from bench.sd15 import save_random_sd15
+from studio.control import ControlParams, ControlUnit, run_control
+from studio.device import describe, pick_device
+from studio.generate import make_scheduler
+from studio.models import ModelManager
+
+PROMPT = "a photograph of a house by a lake"
+
+
+def save_random_controls(folder: Path, sd15: Path) -> tuple[Path, Path]:
+    """SD1.5-shaped ControlNet (a copy of the UNet encoder) and full T2I-Adapter with random weights."""
+    cn, ad = folder / "controlnet-random", folder / "adapter-random"
+    if not (cn / "config.json").exists():
+        from diffusers import UNet2DConditionModel
+
+        torch.manual_seed(0)
+        ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(sd15 / "unet")).save_pretrained(cn)
+        T2IAdapter(in_channels=3, channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8,
+                   adapter_type="full_adapter").save_pretrained(ad)
+    return cn, ad
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=["shapes", "tiny"], help="a built-in family instead of SD1.5's architecture")
+    p.add_argument("--device", help="default: the best one present")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    manager = ModelManager(str(device), cache_dir=args.workdir)
+    if args.model:
+        base, cn_name, ad_name = args.model, f"{args.model}-controlnet", f"{args.model}-t2i-adapter"
+    else:
+        sd15 = save_random_sd15(args.workdir / "sd15-random")
+        base, (cn_name, ad_name) = str(sd15), map(str, save_random_controls(args.workdir, sd15))
+    size = manager.resolve(base).size
+    controlnet, adapter = manager.component(cn_name), manager.component(ad_name)
+    condition = Image.fromarray((np.random.RandomState(0).rand(size, size, 3) > 0.9).astype(np.uint8) * 255)
+    params = ControlParams(PROMPT, steps=args.steps, width=size, height=size, seed=0)
+    extra = dict(image=condition, num_inference_steps=args.steps, width=size, height=size, output_type="latent")
+
+    def diffusers_run(cls: type, **component: torch.nn.Module):
+        with manager.lend(base, cls, **component) as pipe:
+            pipe.set_progress_bar_config(disable=True)
+            pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
+            return measure(lambda: pipe(PROMPT, **extra), device, args.repeats)
+
+    rows = []
+    with manager.lend(base) as pipe:
+        pipe.set_progress_bar_config(disable=True)
+        for name, units in (("plain image (studio loop)", []),
+                            ("ControlNet (studio)", [ControlUnit(controlnet, condition)]),
+                            ("T2I-Adapter (studio)", [ControlUnit(adapter, condition)])):
+            seconds, peak = measure(lambda: run_control(pipe, units, params), device, args.repeats)
+            rows.append({"path": name, "seconds": seconds, "peak_gib": peak})
+            free(device)
+    for name, cls, component in (("ControlNet (diffusers pipeline)", StableDiffusionControlNetPipeline,
+                                  {"controlnet": controlnet}),
+                                 ("T2I-Adapter (diffusers pipeline)", StableDiffusionAdapterPipeline,
+                                  {"adapter": adapter})):
+        seconds, peak = diffusers_run(cls, **component)
+        rows.append({"path": name, "seconds": seconds, "peak_gib": peak})
+        free(device)
+    print(f"\n{args.model or 'SD1.5 architecture, random weights'} · {size}x{size} · {args.steps} UniPC steps · "
+          f"CFG 7.5 · {describe(device)} · torch {torch.__version__}")
+    print("| path | s / image | ms / step | × plain | peak memory (GiB) |\n|---|---|---|---|---|")
+    for row in rows:
+        row["ratio"] = row["seconds"] / rows[0]["seconds"]
+        print(f"| {row['path']} | {row['seconds']:.3f} | {1000 * row['seconds'] / args.steps:.1f} | "
+              f"{row['ratio']:.3f} | {row['peak_gib']:.2f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

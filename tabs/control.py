@@ -1,0 +1,306 @@
+"""ControlNet / T2I-Adapter tab: up to three conditions (image → preprocessor → editable map → model), compare."""
+
+import time
+from dataclasses import dataclass, fields
+
+import gradio as gr
+from PIL import Image
+
+from studio.control import RESIZE_MODES, UNIT_RANGES, ControlParams, ControlUnit, run_control
+from studio.generate import SCHEDULERS
+from studio.models import ModelUnavailable
+from studio.preprocess import BOOL_HELP, PREPROCESSORS, Knobs, run_preprocessor
+from tabs import GPU, StudioContext, slider, user_errors
+
+KNOB_FIELDS = [f.name for f in fields(Knobs) if f.name != "detect_resolution"]
+LABELS = {p.label: p.name for p in PREPROCESSORS.values()}
+EXPLAIN = ("Zhang & Agrawala, *ControlNet* (2023): a trainable copy of the UNet's encoder reads a condition map at "
+           "every step. Mou et al., *T2I-Adapter* (2023): a small network reads it **once**; its features are "
+           "added to the UNet at every step. Pick an image and a preprocessor to get a map (edit it, or upload or "
+           "draw your own), pick the model trained on that kind of map, and generate. Up to three conditions "
+           "combine; each has its own strength and its own part of the schedule.")
+
+
+@dataclass
+class UnitUI:
+    """One condition's components."""
+
+    enabled: gr.Checkbox
+    image: gr.Image
+    preprocessor: gr.Dropdown
+    pixel_perfect: gr.Checkbox
+    detect_resolution: gr.Slider
+    knobs: list[gr.components.Component]
+    map: gr.ImageEditor
+    model: gr.Dropdown
+    scale: gr.Slider
+    start: gr.Slider
+    end: gr.Slider
+    preview: gr.Button
+
+
+def editor_value(image: Image.Image | None) -> dict:
+    return {"background": image, "layers": [], "composite": image}
+
+
+def map_from_editor(value: dict | None) -> Image.Image | None:
+    """The edited map: strokes over the detected map; where nothing is drawn on a blank canvas, black (no edge)."""
+    if not value or value.get("composite") is None:
+        return None
+    composite = value["composite"].convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", composite.size, "black"), composite).convert("RGB")
+
+
+class ControlTab:
+    TAB_ID, LABEL = "control", "ControlNet / T2I-Adapter"
+
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        self.size = ctx.manager.resolve(ctx.model).size
+        self.models = self._models_for(ctx.model)
+        example, caption, example_map = self._example()
+        with gr.Tab(self.LABEL, id=self.TAB_ID):
+            gr.Markdown(EXPLAIN)
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    self.prompt = gr.Textbox(caption, label="Prompt", elem_id="control-prompt")
+                    self.negative = gr.Textbox(label="Negative prompt")
+                    self.units = [self._unit(k, example if k == 0 else None, example_map if k == 0 else None)
+                                  for k in range(3)]
+                    with gr.Accordion("Settings", open=False):
+                        self.steps = slider(ControlParams, "steps", "Steps")
+                        self.cfg = slider(ControlParams, "cfg", "Guidance (CFG)")
+                        self.seed = gr.Number(0, label="Seed", precision=0, info=ControlParams.meta("seed")["help"])
+                        with gr.Row():
+                            self.width = slider(ControlParams, "width", "Width", value=self.size)
+                            self.height = slider(ControlParams, "height", "Height", value=self.size)
+                        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=ControlParams.scheduler,
+                                                     label="Scheduler")
+                        self.resize_mode = gr.Radio(list(RESIZE_MODES), value=ControlParams.resize_mode,
+                                                    label="Fit the maps to the output",
+                                                    info="crop: cover and cut the centre · resize: stretch · "
+                                                         "fill: fit inside, black around")
+                        self.guess = gr.Checkbox(False, label="Guess mode (ControlNet only)",
+                                                 info="Control only the prompt's branch, deep blocks strongest: "
+                                                      "the model guesses more from the map; try an empty prompt.")
+                        with gr.Row():
+                            self.init = gr.Image(label="img2img: start from this image (optional)", type="pil",
+                                                 height=160)
+                            self.strength = slider(ControlParams, "strength", "img2img strength")
+                    with gr.Row():
+                        self.run = gr.Button("Generate", variant="primary", elem_id="control-run")
+                        self.stop = gr.Button("Cancel", variant="stop")
+                with gr.Column(scale=1):
+                    self.output = gr.Image(label="Result", format="png", interactive=False, height=320,
+                                           elem_id="control-output", elem_classes="studio-image")
+                    self.info = gr.Markdown(elem_id="control-info")
+                    self.fed = gr.Gallery(label="The maps as the models saw them", columns=3, height=160,
+                                          format="png", object_fit="contain")
+                    with gr.Accordion("Compare ControlNet and T2I-Adapter on condition 1", open=False):
+                        with gr.Row():
+                            self.compare_cn = gr.Dropdown(self._kind("controlnet"), label="ControlNet",
+                                                          value=(self._kind("controlnet") or [None])[0])
+                            self.compare_ad = gr.Dropdown(self._kind("t2i_adapter"), label="T2I-Adapter",
+                                                          value=(self._kind("t2i_adapter") or [None])[0])
+                        self.compare_button = gr.Button("Compare (same map, prompt and seed)")
+                        self.compared = gr.Gallery(columns=3, height=220, format="png", elem_id="control-compare")
+                        self.compare_info = gr.Markdown()
+                    with gr.Accordion("All preprocessors on condition 1's image", open=False):
+                        self.all_button = gr.Button("Run every preprocessor")
+                        self.all_maps = gr.Gallery(columns=4, height=320, format="png", elem_id="control-all")
+                        self.all_info = gr.Markdown()
+        self._wire()
+
+    # Layout helpers
+    def _unit(self, k: int, image: Image.Image | None, detected: Image.Image | None) -> UnitUI:
+        default_model = self.models[0] if self.models else None
+        with gr.Accordion(f"Condition {k + 1}", open=k == 0):
+            enabled = gr.Checkbox(k == 0, label="Use this condition")
+            with gr.Row():
+                source = gr.Image(image, label="Image", type="pil", height=200, elem_id=f"control-image-{k + 1}",
+                                  elem_classes="studio-image")
+                edited = gr.ImageEditor(editor_value(detected), label="Map (paint white to add, black to erase)",
+                                        type="pil", image_mode="RGBA", height=200, elem_id=f"control-map-{k + 1}",
+                                        brush=gr.Brush(colors=["#ffffff", "#000000"], color_mode="fixed"),
+                                        layers=False, canvas_size=(self.size, self.size), format="png")
+            with gr.Row():
+                preprocessor = gr.Dropdown(list(LABELS), value=PREPROCESSORS["canny"].label, label="Preprocessor",
+                                           elem_id=f"control-pre-{k + 1}")
+                model = gr.Dropdown(self.models, value=default_model, label="Control model",
+                                    info="ControlNets and T2I-Adapters that fit this base model")
+            with gr.Row():
+                pixel_perfect = gr.Checkbox(True, label="Pixel perfect",
+                                            info="Detect at the output's resolution")
+                detect = slider(Knobs, "detect_resolution", "Detect resolution", value=max(64, self.size),
+                                interactive=False)
+            knobs = []
+            with gr.Row():
+                for name in KNOB_FIELDS:
+                    label = name.replace("_", " ").capitalize()
+                    visible = name in PREPROCESSORS["canny"].knobs
+                    knobs.append(gr.Checkbox(False, label=label, info=BOOL_HELP[name], visible=visible)
+                                 if name in BOOL_HELP else slider(Knobs, name, label, visible=visible))
+            with gr.Row():
+                scale, start, end = (gr.Slider(lo, hi, step=step, value=ControlUnit.__dataclass_fields__[n].default,
+                                               label=label)
+                                     for n, (lo, hi, step, label) in UNIT_RANGES.items())
+            gr.Markdown("Start and end are fractions of the steps. Early steps set the layout, late ones the "
+                        "detail: ending early keeps the map's layout but frees the details; starting late lets the "
+                        "model choose the layout.")
+            preview = gr.Button("Preview map", size="sm")
+        return UnitUI(enabled, source, preprocessor, pixel_perfect, detect, knobs, edited, model, scale, start, end,
+                      preview)
+
+    def _models_for(self, model: str) -> list[str]:
+        """Catalog ControlNets and adapters of this base model's family (`base:` in models.yaml, default sd15)."""
+        family = model if model in ("shapes", "tiny") else "sd15"
+        return [name for section in ("controlnet", "t2i_adapter")
+                for name, entry in self.ctx.manager.catalog.sections.get(section, {}).items()
+                if entry.get("base", "sd15") == family]
+
+    def _kind(self, section: str) -> list[str]:
+        return [m for m in self.models if self.ctx.manager.catalog.find(m)[0] == section]
+
+    def _example(self) -> tuple[Image.Image, str, Image.Image]:
+        """A picture to start from: a Shapes scene for the Shapes model, a photo otherwise."""
+        if "shapes" in self.ctx.manager.resolve(self.ctx.model).name.lower():
+            from studio.shapes.world import sample_scene
+
+            scene = sample_scene(20_003, side=self.size, split="held_out")
+            image, caption = scene.image, scene.caption
+        else:
+            from skimage import data
+
+            image, caption = Image.fromarray(data.chelsea()).resize((self.size, self.size)), "a cat, oil painting"
+        return image, caption, run_preprocessor("canny", image, Knobs(detect_resolution=self.size))
+
+    # Wiring
+    def _wire(self) -> None:
+        size = [self.width, self.height]
+        for k, unit in enumerate(self.units):
+            detect_inputs = [unit.image, unit.preprocessor, unit.pixel_perfect, unit.detect_resolution, *size,
+                             *unit.knobs]
+            unit.preprocessor.change(self.show_knobs, unit.preprocessor, unit.knobs, api_name=False, queue=False)
+            unit.pixel_perfect.change(lambda on: gr.update(interactive=not on), unit.pixel_perfect,
+                                      unit.detect_resolution, api_name=False, queue=False)
+            unit.model.change(self.match_preprocessor, [unit.model, unit.preprocessor], unit.preprocessor,
+                              api_name=False, queue=False)
+            unit.preview.click(self.preview, detect_inputs, unit.map, api_name="control_preview" if k == 0 else False,
+                               concurrency_id=GPU)
+            for trigger in (unit.image.upload, unit.preprocessor.input):  # a new image or detector: a new map
+                trigger(self.preview, detect_inputs, unit.map, api_name=False, concurrency_id=GPU)
+        settings = [self.prompt, self.negative, self.steps, self.cfg, self.seed, self.width, self.height,
+                    self.scheduler, self.guess, self.resize_mode, self.init, self.strength]
+        unit_inputs = [c for u in self.units for c in (u.enabled, u.model, u.map, u.scale, u.start, u.end)]
+        event = self.run.click(self.generate, [*settings, *unit_inputs], [self.output, self.fed, self.info],
+                               api_name="control", concurrency_id=GPU)
+        comparing = self.compare_button.click(
+            self.compare, [*settings, self.units[0].map, self.compare_cn, self.compare_ad],
+            [self.compared, self.compare_info], api_name="control_compare", concurrency_id=GPU)
+        self.all_button.click(self.preview_all, [self.units[0].image, *size], [self.all_maps, self.all_info],
+                              api_name="control_all_preprocessors", concurrency_id=GPU)
+        self.stop.click(self.cancel, None, None, cancels=[event, comparing], api_name="cancel_control", queue=False)
+
+    @staticmethod
+    def show_knobs(label: str) -> list:
+        used = PREPROCESSORS[LABELS[label]].knobs
+        return [gr.update(visible=name in used) for name in KNOB_FIELDS]
+
+    def match_preprocessor(self, model: str, label: str):
+        """Picking a model trained on another kind of map switches to a preprocessor that draws that kind."""
+        found = self.ctx.manager.catalog.find(model or "")
+        condition = found[1].get("condition") if found else None
+        if not condition or PREPROCESSORS[LABELS[label]].condition == condition:
+            return gr.update()
+        matching = [p.label for p in PREPROCESSORS.values() if p.condition == condition]
+        return gr.update(value=matching[0]) if matching else gr.update()
+
+    @user_errors
+    def preview(self, image, label, pixel_perfect, detect_resolution, width, height, *knob_values):
+        if image is None:
+            raise ValueError("Upload an image for this condition first (or draw a map directly).")
+        name = LABELS[label]
+        resolution = min(int(width), int(height)) if pixel_perfect else int(detect_resolution)
+        knobs = Knobs(**{"detect_resolution": resolution, **dict(zip(KNOB_FIELDS, knob_values))})
+        detector = self.ctx.manager.annotator(name)
+        return editor_value(run_preprocessor(name, image, knobs, detector))
+
+    def _params(self, prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode,
+                strength) -> ControlParams:
+        return ControlParams(prompt or "", negative or "", -1 if seed is None else int(seed), int(steps), float(cfg),
+                             int(width), int(height), scheduler, bool(guess), resize_mode, float(strength))
+
+    def _unit_from(self, k: int, model: str, edited: dict | None, scale: float, start: float,
+                   end: float) -> ControlUnit:
+        condition = map_from_editor(edited)
+        if condition is None:
+            raise ValueError(f"Condition {k + 1} has no map: upload an image and press “Preview map”, or draw one.")
+        if not model:
+            raise ValueError(f"Choose a control model for condition {k + 1}.")
+        return ControlUnit(self.ctx.manager.component(model), condition, float(scale), float(start), float(end),
+                           name=f"Condition {k + 1} ({model})")
+
+    @user_errors
+    def generate(self, prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode, init,
+                 strength, on1, model1, map1, scale1, start1, end1, on2, model2, map2, scale2, start2, end2,
+                 on3, model3, map3, scale3, start3, end3, request: gr.Request, progress=gr.Progress()):
+        params = self._params(prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode,
+                              strength)
+        given = [(on1, model1, map1, scale1, start1, end1), (on2, model2, map2, scale2, start2, end2),
+                 (on3, model3, map3, scale3, start3, end3)]
+        units = [self._unit_from(k, *values[1:]) for k, values in enumerate(given) if values[0]]
+        if not units:
+            gr.Warning("No condition is switched on: this is a plain text-to-image picture.")
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+            result = run_control(pipe, units, params, init_image=init, should_stop=stop.is_set,
+                                 on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
+        for warning in result.warnings:
+            gr.Warning(warning)
+        names = ", ".join(f"{u.name} × {u.scale:g} over {u.start:g}–{u.end:g}" for u in units) or "no control"
+        info = f"seed {result.seed} · {result.seconds:.2f} s · {names}"
+        return result.image, [(m, u.name) for m, u in zip(result.conditions, units)], info
+
+    @user_errors
+    def compare(self, prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode, init,
+                strength, edited, controlnet, adapter, request: gr.Request, progress=gr.Progress()):
+        params = self._params(prompt, negative, steps, cfg, seed if seed is not None and seed >= 0 else 0, width,
+                              height, scheduler, guess, resize_mode, strength)
+        runs = [("no control", [])] + [(f"{kind} {name}", [self._unit_from(0, name, edited, 1.0, 0.0, 1.0)])
+                                       for kind, name in (("ControlNet", controlnet), ("T2I-Adapter", adapter))
+                                       if name]
+        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        shown, rows = [], []
+        with self.ctx.manager.lend(self.ctx.model) as pipe:
+            for i, (label, units) in enumerate(runs):
+                progress((i, len(runs)), desc=f"Generating: {label}", unit="images")
+                result = run_control(pipe, units, params, init_image=init, should_stop=stop.is_set)
+                shown.append((result.image, f"{label} · {result.seconds:.2f} s"))
+                rows.append((label, result.seconds))
+        base = rows[0][1]
+        table = "| run | seconds | × no control |\n|---|---|---|\n" + "\n".join(
+            f"| {label} | {s:.2f} | {s / base:.2f} |" for label, s in rows)
+        return shown, f"Same map, prompt and seed {params.seed}, {params.steps} steps:\n\n{table}"
+
+    @user_errors
+    def preview_all(self, image, width, height, progress=gr.Progress()):
+        if image is None:
+            raise ValueError("Upload an image for condition 1 first.")
+        knobs = Knobs(detect_resolution=min(int(width), int(height)))
+        maps, missing = [], []
+        for i, pre in enumerate(PREPROCESSORS.values()):
+            progress((i, len(PREPROCESSORS)), desc=pre.label, unit="preprocessors")
+            try:
+                detector = self.ctx.manager.annotator(pre.name)
+            except ModelUnavailable:
+                missing.append(pre.label)
+                continue
+            started = time.perf_counter()
+            result = run_preprocessor(pre.name, image, knobs, detector)
+            maps.append((result, f"{pre.label} · {time.perf_counter() - started:.2f} s"))
+        note = (f"Not on this machine (their weights download on first use when online, or use --annotators): "
+                f"{', '.join(missing)}." if missing else "")
+        return maps, note
+
+    def cancel(self, request: gr.Request):
+        self.ctx.cancel.cancel(request.session_hash if request else "api")
