@@ -12,8 +12,10 @@ from tabs import StudioContext
 from tabs.classify import ClassifyTab
 from tabs.control import ControlTab
 from tabs.generate import GenerateTab
+from tabs.loras import LoraBar
 from tabs.p2p import P2PTab
 from tabs.sdedit import SDEditTab
+from tabs.train import TrainTab
 
 # Small models make small images: let single-image outputs fill their frame instead of sitting in its middle.
 CSS = ".studio-image img { width: 100%; height: 100%; object-fit: contain; }"
@@ -48,12 +50,14 @@ def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
         gr.Markdown(f"# Diffusion Studio\nModel: **{source.name}** · {describe(manager.device)}")
         if source.note:
             gr.Markdown(f"⚠️ {source.note}", elem_id="model-note")
+        LoraBar(ctx)
         with gr.Tabs() as tabs:
             generate = GenerateTab(ctx)
             SDEditTab(ctx)
             P2PTab(ctx)
             ControlTab(ctx)
             ClassifyTab(ctx)
+            TrainTab(ctx)
         generate.wire_send_to(ctx.send_targets, tabs)
     return demo
 

@@ -31,6 +31,7 @@ from PIL import Image
 
 from studio.device import dtype_for, pick_device
 from studio.preprocess import PREPROCESSORS, Preprocessor
+from studio.lora import applied
 from studio.tiny import ensure_tiny_family
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -433,14 +434,17 @@ class ModelManager:
 
     @contextmanager
     def lend(self, spec: str, cls: type[DiffusionPipeline] = StableDiffusionPipeline,
-             *, on_progress: ProgressFn | None = None, **components: Any) -> Iterator[DiffusionPipeline]:
+             *, on_progress: ProgressFn | None = None, loras: list[tuple[str | Path, float]] | None = None,
+             **components: Any) -> Iterator[DiffusionPipeline]:
         """Use a pipeline exclusively: one job at a time runs on the shared weights, and the model cannot be evicted
-        while it is lent."""
+        while it is lent. `loras`: (library folder or .safetensors file, scale) pairs applied for this job only."""
         source = self.resolve(spec)
         with self.gpu_lock:
             base = self._base(source, on_progress, hold=True)
             try:
-                yield self._derive(base, cls, components)
+                pipe = self._derive(base, cls, components)
+                with applied(pipe, loras or []):
+                    yield pipe
             finally:
                 self._release(self._key(source, "pipeline"))
 

@@ -35,6 +35,16 @@ class StudioContext:
     send_to: dict[str, str] = field(default_factory=dict)  # tab id -> label of tabs that take a "Send to"
     cancel: CancelFlags = field(default_factory=CancelFlags)
     send_targets: list[SendTarget] = field(default_factory=list)  # filled in by those tabs as they are built
+    loras: dict[str, list[tuple[Path, float]]] = field(default_factory=dict)  # session -> LoRAs picked in the header
+
+    @property
+    def lora_root(self) -> Path:
+        return self.outputs / "loras"
+
+    def lend(self, request: gr.Request | None, *args: Any, **kwargs: Any) -> Any:
+        """The model for one job, with the library LoRAs this browser session picked in the header."""
+        session = request.session_hash if request else "api"
+        return self.manager.lend(self.model, *args, loras=self.loras.get(session, []), **kwargs)
 
 
 def user_errors(fn: Callable) -> Callable:

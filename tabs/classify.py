@@ -128,7 +128,7 @@ class ClassifyTab:
         params = self._params(templates, schedule, custom, loss, seed, batch)
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
         started = time.perf_counter()
-        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = classify(pipe, image, classes.splitlines(), params, should_stop=stop.is_set,
                               on_step=lambda i, n: progress((i, n), desc="Denoising", unit="UNet calls"))
         seconds = time.perf_counter() - started
@@ -150,7 +150,7 @@ class ClassifyTab:
             raise ValueError("Upload a zip of class folders, or type the path of such a folder on this machine.")
         params = self._params(templates, schedule, custom, loss, seed, batch)
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
-        with self.ctx.manager.lend(self.ctx.model) as pipe:
+        with self.ctx.lend(request) as pipe:
             result = classify_batch(pipe, source, params, self.ctx.outputs / "classify", should_stop=stop.is_set,
                                     on_image=lambda i, n: progress((i, n), desc="Classifying", unit="images"))
         if result.skipped:

@@ -119,7 +119,7 @@ class ControlTab:
             with gr.Row():
                 source = gr.Image(image, label="Image", type="pil", height=200, elem_id=f"control-image-{k + 1}",
                                   elem_classes="studio-image")
-                edited = gr.ImageEditor(editor_value(detected), label="Map (paint white to add, black to erase)",
+                edited = gr.ImageEditor(editor_value(detected) if detected else None, label="Map (paint white to add, black to erase)",
                                         type="pil", image_mode="RGBA", height=200, elem_id=f"control-map-{k + 1}",
                                         brush=gr.Brush(colors=["#ffffff", "#000000"], color_mode="fixed"),
                                         layers=False, canvas_size=(self.size, self.size), format="png")
@@ -161,18 +161,14 @@ class ControlTab:
     def _kind(self, section: str) -> list[str]:
         return [m for m in self.models if self.ctx.manager.catalog.find(m)[0] == section]
 
-    def _example(self) -> tuple[Image.Image, str, Image.Image]:
-        """A picture to start from: a Shapes scene for the Shapes model, a photo otherwise."""
-        if "shapes" in self.ctx.manager.resolve(self.ctx.model).name.lower():
-            from studio.shapes.world import sample_scene
+    def _example(self) -> tuple[Image.Image | None, str, Image.Image | None]:
+        """A Shapes scene and its Canny map, so Generate works on the first click; other models start empty."""
+        if "shapes" not in self.ctx.manager.resolve(self.ctx.model).name.lower():
+            return None, "", None
+        from studio.shapes.world import sample_scene
 
-            scene = sample_scene(20_003, side=self.size, split="held_out")
-            image, caption = scene.image, scene.caption
-        else:
-            from skimage import data
-
-            image, caption = Image.fromarray(data.chelsea()).resize((self.size, self.size)), "a cat, oil painting"
-        return image, caption, run_preprocessor("canny", image, Knobs(detect_resolution=self.size))
+        scene = sample_scene(20_003, side=self.size, split="held_out")
+        return scene.image, scene.caption, run_preprocessor("canny", scene.image, Knobs(detect_resolution=self.size))
 
     # Wiring
     def _wire(self) -> None:
@@ -252,7 +248,7 @@ class ControlTab:
         if not units:
             gr.Warning("No condition is switched on: this is a plain text-to-image picture.")
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
-        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = run_control(pipe, units, params, init_image=init, should_stop=stop.is_set,
                                  on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
         for warning in result.warnings:
@@ -271,7 +267,7 @@ class ControlTab:
                                        if name]
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
         shown, rows = [], []
-        with self.ctx.manager.lend(self.ctx.model) as pipe:
+        with self.ctx.lend(request) as pipe:
             for i, (label, units) in enumerate(runs):
                 progress((i, len(runs)), desc=f"Generating: {label}", unit="images")
                 result = run_control(pipe, units, params, init_image=init, should_stop=stop.is_set)

@@ -85,7 +85,7 @@ class GenerateTab:
                                 float(cfg), int(width), int(height), scheduler, int(n_images))
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
         started = time.perf_counter()
-        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = run_generate(pipe, params, model_name=self.ctx.model, should_stop=stop.is_set,
                                   on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
         for warning in result.warnings:

@@ -144,7 +144,7 @@ class P2PTab:
                            -1 if seed is None else int(seed))
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
         inversion = None
-        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             if real is not None:
                 inversion = cached
                 if cached is None or cached.key != inversion_key(real, params.source_prompt, params.steps, params.cfg):

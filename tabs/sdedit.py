@@ -100,7 +100,7 @@ class SDEditTab:
         guide, mask, params = self._inputs(editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed,
                                            feather)
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
-        with self.ctx.manager.lend(self.ctx.model, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = run_sdedit(pipe, guide, params, mask=mask, should_stop=stop.is_set,
                                 on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
         for warning in result.warnings:
@@ -120,7 +120,7 @@ class SDEditTab:
         if params.seed < 0:
             params.seed = 0  # the sweep compares t0 values, so they must share one seed
         stop = self.ctx.cancel.arm(request.session_hash if request else "api")
-        with self.ctx.manager.lend(self.ctx.model) as pipe:
+        with self.ctx.lend(request) as pipe:
             points = sweep(pipe, guide, params, SWEEP_T0, mask=mask, should_stop=stop.is_set,
                            on_step=lambda i, n: progress((i, n), desc="Sweeping t0", unit="runs"))
         strip = [(p.result.image, f"t0 {p.t0:.2f}") for p in points]

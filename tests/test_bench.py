@@ -35,3 +35,13 @@ def test_control_benchmark_times_plain_controlnet_and_adapter(tmp_path):
     assert [row["path"].split(" (")[0] for row in table] == ["plain image", "ControlNet", "T2I-Adapter",
                                                               "ControlNet", "T2I-Adapter"]
     assert table[0]["ratio"] == 1 and all(row["seconds"] > 0 for row in table)
+
+
+def test_train_benchmark_times_the_studio_job_and_the_plain_loop(tmp_path, capsys):
+    from bench.train import main as train_bench
+
+    table = train_bench(["--model", "tiny", "--device", "cpu", "--steps", "3", "--resolution", "64", "--workdir",
+                         str(tmp_path)])
+    assert [row["path"] for row in table] == ["studio", "plain peft loop"]
+    assert all(row["ms_per_step"] > 0 for row in table) and table[0]["job_seconds"] > 0
+    assert "| studio |" in capsys.readouterr().out

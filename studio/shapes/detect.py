@@ -35,9 +35,9 @@ class Detection:
 
 
 @cache
-def _templates() -> dict[str, np.ndarray]:
+def _templates(shapes: tuple[str, ...] = SHAPES) -> dict[str, np.ndarray]:
     out = {}
-    for shape in SHAPES:
+    for shape in shapes:
         canvas = Image.new("L", (4 * BOX, 4 * BOX))
         ImageDraw.Draw(canvas).polygon(outline(shape, 2 * BOX, 2 * BOX, 1.6 * BOX), fill=255)
         out[shape] = _normalise(np.asarray(canvas) > 127)
@@ -86,10 +86,16 @@ def detect(image: Image.Image | np.ndarray) -> list[Detection]:
             mask = np.zeros(labels.shape, np.uint8)
             cv2.drawContours(mask, [contour], -1, 1, thickness=cv2.FILLED)
             mask = mask.astype(bool)
-            scores = {shape: iou(_normalise(mask), template) for shape, template in _templates().items()}
-            shape = max(scores, key=scores.get)
-            found.append(Detection(shape, colour, position_of(mask), scores[shape], mask))
+            shape, score = classify_mask(mask)
+            found.append(Detection(shape, colour, position_of(mask), score, mask))
     return sorted(found, key=lambda d: -d.area)
+
+
+def classify_mask(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> tuple[str, float]:
+    """The shape whose template best matches a region's outline, and that IoU."""
+    scores = {shape: iou(_normalise(mask), template) for shape, template in _templates(shapes).items()}
+    shape = max(scores, key=scores.get)
+    return shape, scores[shape]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

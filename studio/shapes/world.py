@@ -15,6 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star", "heart", "diamond")
+# Drawn only as concepts to teach the model (the LoRA trainer's Shapes presets); `sample_scene` never uses them, so
+# the shipped model has never seen one.
+UNSEEN_SHAPES = ("cross",)
 COLOURS = {"red": (220, 30, 30), "yellow": (235, 205, 20), "green": (30, 170, 50), "blue": (30, 70, 225),
            "purple": (150, 40, 200)}
 BACKGROUNDS = {"white": (255, 255, 255), "gray": (128, 128, 128), "black": (0, 0, 0)}
@@ -86,7 +89,13 @@ def outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
         x = 16 * np.sin(t) ** 3
         y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
         return [(cx + r * xi / 16.5, cy - r * (yi + 2.5) / 15) for xi, yi in zip(x, y)]
-    raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
+    if shape == "cross":  # a plus sign with arms a third of the box wide
+        w = r / 3
+        corners = [(w, r), (w, w), (r, w)]  # one quarter, counter-clockwise from the bottom arm
+        quarter = [(cx + a, cy + b) for a, b in corners]
+        return [*quarter, *[(cx + b, cy - a) for a, b in corners], *[(cx - a, cy - b) for a, b in corners],
+                *[(cx - b, cy + a) for a, b in corners]]
+    raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES + UNSEEN_SHAPES}")
 
 
 def render(shapes: list[ShapeSpec], background: tuple[str, ...],

@@ -1,0 +1,109 @@
+"""The trainer's data: instance images (checked, augmented, VAE-encoded once), the class images DreamBooth's prior
+needs (drawn by the frozen base model, cached on disk), and the job folder that makes a job resumable.
+
+The VAE encode of a 512 image costs more than a UNet forward, so every augmented view (crop x flip) is encoded once
+before the first step; a step only indexes the cache.
+"""
+
+import hashlib
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from studio.generate import GenerateParams, run_generate
+from studio.jobs import StopFn
+from studio.models import ModelManager, encode_image, flatten_alpha
+
+if TYPE_CHECKING:
+    from studio.trainer import TrainParams
+
+MIN_IMAGES, MAX_IMAGES = 3, 20
+RANDOM_CROPS = 4  # crops cached per image with crop="random"
+CLASS_BATCH = 4  # class images drawn per model call
+
+
+def check_images(images: list[Image.Image | str | Path]) -> list[Image.Image]:
+    """Readable RGB images (transparency placed on white), 3 to 20 of them."""
+    if not MIN_IMAGES <= len(images) <= MAX_IMAGES:
+        raise ValueError(f"Give {MIN_IMAGES} to {MAX_IMAGES} images of the subject; got {len(images)}.")
+    out = []
+    for item in images:
+        try:
+            image = item if isinstance(item, Image.Image) else Image.open(io.BytesIO(Path(item).read_bytes()))
+            image.load()
+        except (UnidentifiedImageError, OSError):
+            raise ValueError(f"{Path(str(item)).name} is not a readable image.") from None
+        if min(image.size) < 32:
+            raise ValueError(f"An image is {image.width}×{image.height}; the subject needs at least 32 pixels a side.")
+        out.append(flatten_alpha(image)[0])
+    return out
+
+
+def views(image: Image.Image, resolution: int, crop: str, flip: bool, generator: torch.Generator) -> list[Image.Image]:
+    """Augmented copies: shorter side scaled to `resolution`, a centre crop or RANDOM_CROPS random ones, and their
+    mirror images with `flip`."""
+    scale = resolution / min(image.size)
+    image = image.resize((max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
+                         Image.BICUBIC)
+    spare_x, spare_y = image.width - resolution, image.height - resolution
+    if crop == "center":
+        corners = [(spare_x // 2, spare_y // 2)]
+    else:
+        corners = [(int(torch.randint(spare_x + 1, (1,), generator=generator)),
+                    int(torch.randint(spare_y + 1, (1,), generator=generator))) for _ in range(RANDOM_CROPS)]
+    crops = [image.crop((x, y, x + resolution, y + resolution)) for x, y in corners]
+    return crops + [ImageOps.mirror(c) for c in crops] if flip else crops
+
+
+def encode_views(pipe: Any, images: list[Image.Image], params: "TrainParams", generator: torch.Generator, *,
+                 augment: bool = True) -> torch.Tensor:
+    """VAE latents of every view of every image, (N, C, h, w) on the UNet's device and dtype."""
+    crop, flip = (params.crop, params.flip) if augment else ("center", False)
+    every = [v for image in images for v in views(image, params.resolution, crop, flip, generator)]
+    return torch.cat([encode_image(pipe, v) for v in every])
+
+
+def class_images(manager: ModelManager, spec: str, params: "TrainParams", cache: Path,
+                 should_stop: StopFn | None = None) -> list[Image.Image]:
+    """`num_class_images` images of the class prompt drawn by the base model (seeds 0, 1, ...), cached on disk under
+    a key of the model, prompt and resolution, so later jobs of the same class reuse them."""
+    key = hashlib.sha1(json.dumps([manager.resolve(spec).location, params.class_prompt, params.resolution])
+                       .encode()).hexdigest()[:12]
+    folder = cache / key
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len(list(folder.glob("*.png")))
+    while have < params.num_class_images:
+        n = min(CLASS_BATCH, params.num_class_images - have)
+        with manager.lend(spec) as pipe:
+            pipe.set_progress_bar_config(disable=True)
+            result = run_generate(pipe, GenerateParams(params.class_prompt, seed=have, width=params.resolution,
+                                                       height=params.resolution, n_images=n),
+                                  should_stop=should_stop)
+        for i, image in enumerate(result.images):
+            image.save(folder / f"{have + i:05d}.png")
+        have += n
+    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))[: params.num_class_images]]
+
+
+def save_job(folder: Path, spec: str, params: "TrainParams", images: list[Image.Image]) -> None:
+    """The job's images and settings, so it can resume without the browser that started it."""
+    if (folder / "job.json").exists():
+        raise ValueError(f"A job named {folder.name!r} exists already: Resume it, or choose another name.")
+    (folder / "instance").mkdir(parents=True)
+    for i, image in enumerate(images):
+        image.save(folder / "instance" / f"{i:02d}.png")
+    (folder / "job.json").write_text(json.dumps({"model": spec, "params": asdict(params)}, indent=2))
+
+
+def load_job(folder: Path) -> tuple[str, dict, list[Image.Image]]:
+    """(model, settings as saved, images) of a job folder."""
+    if not (folder / "job.json").exists():
+        raise ValueError(f"There is no job named {folder.name!r} to resume.")
+    job = json.loads((folder / "job.json").read_text())
+    images = [Image.open(p).convert("RGB") for p in sorted((folder / "instance").glob("*.png"))]
+    return job["model"], job["params"], images

@@ -1,0 +1,46 @@
+"""The header's LoRA picker: library LoRAs (from the Train tab) applied, with a scale each, to every tab's jobs."""
+
+import gradio as gr
+
+from studio.lora import library
+from tabs import StudioContext, user_errors
+
+SLOTS = 2
+
+
+class LoraBar:
+    def __init__(self, ctx: StudioContext):
+        self.ctx = ctx
+        with gr.Accordion("LoRAs: apply trained LoRAs in every tab", open=False):
+            self.slots = []
+            with gr.Row():
+                for k in range(SLOTS):
+                    name = gr.Dropdown([], value=None, label=f"LoRA {k + 1}", elem_id=f"lora-{k + 1}",
+                                       allow_custom_value=True,
+                                       info="From the library the Train tab fills (outputs/loras)")
+                    scale = gr.Slider(0, 1.5, value=1.0, step=0.05, label=f"Scale {k + 1}",
+                                      info="0 is exactly the base model")
+                    self.slots.append((name, scale))
+            self.active = gr.Markdown("No LoRA applied.", elem_id="lora-active")
+        inputs = [c for slot in self.slots for c in slot]
+        for name, scale in self.slots:
+            name.focus(self.refresh, None, name, api_name=False, queue=False)
+            for change in (name.change, scale.release):
+                change(self.pick, inputs, self.active, api_name=False, queue=False)
+        # One event in the API, for scripts and tests.
+        self.apply = gr.Button(visible=False)
+        self.apply.click(self.pick, inputs, self.active, api_name="loras_pick", queue=False)
+
+    def refresh(self):
+        return gr.update(choices=library(self.ctx.lora_root))
+
+    @user_errors
+    def pick(self, name1, scale1, name2, scale2, request: gr.Request):
+        picked = [(n, float(s)) for n, s in ((name1, scale1), (name2, scale2)) if n]
+        known = library(self.ctx.lora_root)
+        if missing := [n for n, _ in picked if n not in known]:
+            raise ValueError(f"No finished LoRA named {', '.join(missing)} in {self.ctx.lora_root}.")
+        self.ctx.loras[request.session_hash if request else "api"] = [(self.ctx.lora_root / n, s) for n, s in picked]
+        if not picked:
+            return "No LoRA applied."
+        return "Applied in every tab: " + ", ".join(f"**{n}** × {s:g}" for n, s in picked)
