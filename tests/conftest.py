@@ -16,7 +16,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Gradio's queue calls pandas options that pandas 3 deprecates. Not ours either.
     config.addinivalue_line("filterwarnings", "ignore::pandas.errors.Pandas4Warning")
     # Importing any controlnet-aux annotator imports all of them, with their dependencies' deprecation noise.
-    for noise in ("Overwriting tiny_vit", "Importing from timm", "The module 'mediapipe'", "`torch.jit.script`"):
+    for noise in ("Overwriting tiny_vit", "Importing from timm", "The module 'mediapipe'", "`torch.jit.script`",
+                  "Please import `gaussian_filter`", "Mapping deprecated model name"):
         config.addinivalue_line("filterwarnings", f"ignore:{noise}")
 
 

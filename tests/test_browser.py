@@ -150,3 +150,22 @@ def test_upload_an_image_see_its_map_and_generate_with_control(page, app_url, tm
     page.locator("#control-output img").wait_for(timeout=60_000)
     page.get_by_text("seed 0").wait_for(timeout=10_000)
     shot(page, "control")
+
+
+def test_pick_a_shapes_concept_train_a_few_steps_and_see_the_loss(page, app_url):
+    page.goto(app_url)
+    page.get_by_role("tab", name="Train a LoRA").click()
+    page.get_by_role("button", name="Use 5 renders").click()
+    page.locator("#train-files tr").nth(4).wait_for(timeout=20_000)  # five renders listed
+    page.locator("#train-settings").get_by_text("Settings").first.click()
+    page.locator("#train-settings").get_by_text("Learning rate").first.wait_for(timeout=10_000)
+    for label, value in (("Steps", "4"), ("Resolution", "64"), ("Validate every", "0")):
+        boxes = page.locator(f"input[type=number][aria-label*='{label}']")
+        box = next(boxes.nth(i) for i in range(boxes.count()) if boxes.nth(i).is_visible())
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#train-name input, #train-name textarea").first.fill("browser-job")
+    page.locator("#train-start").click()
+    page.get_by_text("browser-job · done · step 4 of 4").wait_for(timeout=120_000)
+    page.get_by_text("pytorch_lora_weights").first.wait_for(timeout=10_000)  # the downloads appear
+    shot(page, "train")
