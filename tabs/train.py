@@ -181,9 +181,11 @@ class TrainTab:
             status += f" · loss {state.losses[-1][1]:.4f}"
         if job.error:
             status += f"\n\n⚠️ {job.error}"
+        # Copies first: the training thread appends to these lists while we read them.
+        losses, validation = list(state.losses), list(state.validation)
         # No empty frame: a plot's first data decide its axis types, and an empty frame's columns read as text.
-        loss = pd.DataFrame(state.losses, columns=["step", "loss"]).astype(float) if state.losses else None
-        shown = [(str(path), caption) for _, caption, path in state.validation]
+        loss = pd.DataFrame(losses, columns=["step", "loss"]).astype(float) if losses else None
+        shown = [(str(path), caption) for _, caption, path in validation]
         done = not job.running
         drift, downloads = [], None
         if done and state.phase == "done":

@@ -16,7 +16,12 @@ from tabs.train import SETTINGS
 
 @pytest.fixture(scope="module")
 def client(app_url):
-    return Client(app_url, verbose=False)
+    client = Client(app_url, verbose=False)
+    yield client
+    # The app shares the test session's model: no job of this module may still be training when others start.
+    for name in ("app-job", "app-resume"):
+        client.predict(name, api_name="/train_cancel")
+        wait_done(client, name, until=("done", "cancelled", "failed"))
 
 
 def settings(**changes):
@@ -34,11 +39,11 @@ def start(client, files, name, instance="a sks star", identifier="sks", class_pr
                           *settings(**changes), api_name="/train_start")
 
 
-def wait_done(client, name, timeout=240):
+def wait_done(client, name, timeout=240, until=("done",)):
     deadline = time.time() + timeout
     while time.time() < deadline:
         result = client.predict(name, api_name="/train_status")
-        if " · done" in result[0] or "⚠️" in result[0]:
+        if any(f" · {phase}" in result[0] for phase in until) or "⚠️" in result[0] or not result[0]:
             return result
         time.sleep(1)
     raise AssertionError(f"{name} did not finish: {result[0]}")
