@@ -1,6 +1,7 @@
 """One thin module per tab: components, layout and the wiring to `studio/`. Shared pieces live here."""
 
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,20 @@ class StudioContext:
 
     def lend(self, request: gr.Request | None, *args: Any, **kwargs: Any) -> Any:
         """The model for one job, with the library LoRAs this browser session picked in the header."""
-        session = request.session_hash if request else "api"
-        return self.manager.lend(self.model, *args, loras=self.loras.get(session, []), **kwargs)
+        return self.manager.lend(self.model, *args, loras=self.loras.get(session(request), []), **kwargs)
+
+    def arm(self, request: gr.Request | None) -> threading.Event:
+        """A fresh stop flag for this session's new job; its tab's Cancel sets it."""
+        return self.cancel.arm(session(request))
+
+    def stop_job(self, request: gr.Request) -> None:
+        """Every tab's Cancel: the running job of this session stops at its next step."""
+        self.cancel.cancel(session(request))
+
+
+def session(request: gr.Request | None) -> str:
+    """Per-browser-session key; API calls without a request share "api"."""
+    return request.session_hash if request else "api"
 
 
 def user_errors(fn: Callable) -> Callable:

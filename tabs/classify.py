@@ -99,7 +99,7 @@ class ClassifyTab:
         batch = self.run_batch.click(self.batch_run, [self.archive, self.folder, *settings],
                                      [self.accuracy, self.confusion, self.per_image], api_name="classify_batch",
                                      concurrency_id=GPU)
-        self.stop.click(self.cancel, None, None, cancels=[event, batch], api_name="cancel_classify", queue=False)
+        self.stop.click(self.ctx.stop_job, None, None, cancels=[event, batch], api_name="cancel_classify", queue=False)
 
     def use_preset(self, name: str):
         classes, templates = self.presets[name]
@@ -126,7 +126,7 @@ class ClassifyTab:
         if image is None:
             raise ValueError("Upload an image to classify.")
         params = self._params(templates, schedule, custom, loss, seed, batch)
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         started = time.perf_counter()
         with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = classify(pipe, image, classes.splitlines(), params, should_stop=stop.is_set,
@@ -149,7 +149,7 @@ class ClassifyTab:
         if source is None or not source.exists():
             raise ValueError("Upload a zip of class folders, or type the path of such a folder on this machine.")
         params = self._params(templates, schedule, custom, loss, seed, batch)
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         with self.ctx.lend(request) as pipe:
             result = classify_batch(pipe, source, params, self.ctx.outputs / "classify", should_stop=stop.is_set,
                                     on_image=lambda i, n: progress((i, n), desc="Classifying", unit="images"))
@@ -161,6 +161,3 @@ class ClassifyTab:
         accuracy = (f"**Accuracy: {100 * result.accuracy:.1f}%** on {len(result.rows)} images · "
                     f"{len(result.classes)} classes (from the sub-folder names; the class list above is not used)")
         return accuracy, confusion, pd.DataFrame(result.rows)
-
-    def cancel(self, request: gr.Request):
-        self.ctx.cancel.cancel(request.session_hash if request else "api")

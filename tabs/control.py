@@ -195,7 +195,7 @@ class ControlTab:
             [self.compared, self.compare_info], api_name="control_compare", concurrency_id=GPU)
         self.all_button.click(self.preview_all, [self.units[0].image, *size], [self.all_maps, self.all_info],
                               api_name="control_all_preprocessors", concurrency_id=GPU)
-        self.stop.click(self.cancel, None, None, cancels=[event, comparing], api_name="cancel_control", queue=False)
+        self.stop.click(self.ctx.stop_job, None, None, cancels=[event, comparing], api_name="cancel_control", queue=False)
 
     @staticmethod
     def show_knobs(label: str) -> list:
@@ -247,7 +247,7 @@ class ControlTab:
         units = [self._unit_from(k, *values[1:]) for k, values in enumerate(given) if values[0]]
         if not units:
             gr.Warning("No condition is switched on: this is a plain text-to-image picture.")
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = run_control(pipe, units, params, init_image=init, should_stop=stop.is_set,
                                  on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
@@ -265,7 +265,7 @@ class ControlTab:
         runs = [("no control", [])] + [(f"{kind} {name}", [self._unit_from(0, name, edited, 1.0, 0.0, 1.0)])
                                        for kind, name in (("ControlNet", controlnet), ("T2I-Adapter", adapter))
                                        if name]
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         shown, rows = [], []
         with self.ctx.lend(request) as pipe:
             for i, (label, units) in enumerate(runs):
@@ -297,6 +297,3 @@ class ControlTab:
         note = (f"Not on this machine (their weights download on first use when online, or use --annotators): "
                 f"{', '.join(missing)}." if missing else "")
         return maps, note
-
-    def cancel(self, request: gr.Request):
-        self.ctx.cancel.cancel(request.session_hash if request else "api")

@@ -70,7 +70,7 @@ class GenerateTab:
     def _wire(self) -> None:
         event = self.run.click(self.generate, inputs=self.params, outputs=[self.gallery, self.info, self.last],
                                api_name="generate", concurrency_id=GPU, concurrency_limit=1)
-        self.stop.click(self.cancel, None, None, cancels=[event], api_name="cancel_generate", queue=False)
+        self.stop.click(self.ctx.stop_job, None, None, cancels=[event], api_name="cancel_generate", queue=False)
         self.random_seed.click(lambda: -1, None, self.seed, api_name=False, queue=False)
         self.reuse_seed.click(lambda last: last[0]["seed"] if last else -1, self.last, self.seed, api_name=False,
                               queue=False)
@@ -83,7 +83,7 @@ class GenerateTab:
                  progress=gr.Progress(track_tqdm=True)):
         params = GenerateParams(prompt or "", negative_prompt or "", -1 if seed is None else int(seed), int(steps),
                                 float(cfg), int(width), int(height), scheduler, int(n_images))
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         started = time.perf_counter()
         with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = run_generate(pipe, params, model_name=self.ctx.model, should_stop=stop.is_set,
@@ -102,9 +102,6 @@ class GenerateTab:
     @staticmethod
     def select(event: gr.SelectData) -> int:
         return event.index
-
-    def cancel(self, request: gr.Request):
-        self.ctx.cancel.cancel(request.session_hash if request else "api")
 
     @user_errors
     def restore_params(self, path: str):

@@ -3,7 +3,7 @@
 import gradio as gr
 
 from studio.lora import library
-from tabs import StudioContext, user_errors
+from tabs import StudioContext, session, user_errors
 
 SLOTS = 2
 
@@ -40,7 +40,7 @@ class LoraBar:
         known = library(self.ctx.lora_root)
         if missing := [n for n, _ in picked if n not in known]:
             raise ValueError(f"No finished LoRA named {', '.join(missing)} in {self.ctx.lora_root}.")
-        self.ctx.loras[request.session_hash if request else "api"] = [(self.ctx.lora_root / n, s) for n, s in picked]
+        self.ctx.loras[session(request)] = [(self.ctx.lora_root / n, s) for n, s in picked]
         if not picked:
             return "No LoRA applied."
         return "Applied in every tab: " + ", ".join(f"**{n}** × {s:g}" for n, s in picked)

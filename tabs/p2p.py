@@ -118,7 +118,7 @@ class P2PTab:
                                                   self.mask, self.inversion], api_name="p2p", concurrency_id=GPU)
         event.then(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
                    api_name=False)
-        self.stop.click(self.cancel, None, None, cancels=[event], api_name="cancel_p2p", queue=False)
+        self.stop.click(self.ctx.stop_job, None, None, cancels=[event], api_name="cancel_p2p", queue=False)
         for control in (self.upto, self.side):
             control.change(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
                            api_name=False, queue=False)
@@ -142,7 +142,7 @@ class P2PTab:
                            float(cross_start), float(cross_end), parse_windows(word_windows), float(self_end),
                            (blend_words or "").split(), float(blend_threshold), int(steps), float(cfg),
                            -1 if seed is None else int(seed))
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         inversion = None
         with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             if real is not None:
@@ -177,6 +177,3 @@ class P2PTab:
             galleries.append([(heat(result.maps.token_map(prompt, i, steps, sides), size), token)
                               for i, token in enumerate(tokens)])
         return galleries
-
-    def cancel(self, request: gr.Request):
-        self.ctx.cancel.cancel(request.session_hash if request else "api")

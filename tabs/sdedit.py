@@ -76,7 +76,7 @@ class SDEditTab:
                                [self.output, self.views, self.info], api_name="sdedit", concurrency_id=GPU)
         sweeping = self.sweep_button.click(self.sweep, [self.editor, self.use_mask, *params],
                                            [self.strip, self.plot], api_name="sdedit_sweep", concurrency_id=GPU)
-        self.stop.click(self.cancel, None, None, cancels=[event, sweeping], api_name="cancel_sdedit", queue=False)
+        self.stop.click(self.ctx.stop_job, None, None, cancels=[event, sweeping], api_name="cancel_sdedit", queue=False)
         self.blank.click(lambda: Image.new("RGB", (self.size, self.size), "white"), None, self.editor,
                          api_name=False, queue=False)
         self.paste.click(self.paste_patch, [self.editor, self.patch, self.px, self.py, self.pscale], self.editor,
@@ -99,7 +99,7 @@ class SDEditTab:
                request: gr.Request, progress=gr.Progress()):
         guide, mask, params = self._inputs(editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed,
                                            feather)
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
             result = run_sdedit(pipe, guide, params, mask=mask, should_stop=stop.is_set,
                                 on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
@@ -119,7 +119,7 @@ class SDEditTab:
                                            feather)
         if params.seed < 0:
             params.seed = 0  # the sweep compares t0 values, so they must share one seed
-        stop = self.ctx.cancel.arm(request.session_hash if request else "api")
+        stop = self.ctx.arm(request)
         with self.ctx.lend(request) as pipe:
             points = sweep(pipe, guide, params, SWEEP_T0, mask=mask, should_stop=stop.is_set,
                            on_step=lambda i, n: progress((i, n), desc="Sweeping t0", unit="runs"))
@@ -127,9 +127,6 @@ class SDEditTab:
         rows = [{"t0": p.t0, "value": v, "measure": m} for p in points
                 for v, m in ((p.faithfulness, "distance to guide"), (p.realism, "denoising error"))]
         return strip, pd.DataFrame(rows)
-
-    def cancel(self, request: gr.Request):
-        self.ctx.cancel.cancel(request.session_hash if request else "api")
 
     @user_errors
     def paste_patch(self, editor, patch, x, y, scale):
