@@ -9,20 +9,17 @@ schedule by default: 50 samples keeping 5, then 500 keeping 1). The plain loop i
 paper: one UNet call per class and timestep, its error read back at once.
 """
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from bench.common import open_manager, parser
 from bench.generate import free
 from bench.sd15 import save_random_sd15
 from studio.classify import SCHEDULES, ClassifyParams, classify, plan, timesteps
-from studio.device import describe, pick_device
-from studio.models import ModelManager
+from studio.device import describe
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -52,15 +49,11 @@ def plain_loop(pipe, image: Image.Image, params: ClassifyParams) -> int:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="a catalog name or folder instead of SD1.5's architecture with random weights")
-    p.add_argument("--device", help="default: the best one present")
+    p = parser(__doc__)
     p.add_argument("--schedule", default="paper", choices=list(SCHEDULES))
     p.add_argument("--batch", type=int, default=250, help="UNet rows per forward pass for the studio's path")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    manager = ModelManager(str(device), cache_dir=args.workdir)
+    device, manager = open_manager(args)
     folder = manager.resolve(args.model).location if args.model else str(save_random_sd15(args.workdir / "sd15-random"))
     params = ClassifyParams(stages=SCHEDULES[args.schedule], batch=args.batch)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))

@@ -8,8 +8,6 @@ Goals on a GPU: ControlNet â‰¤ 1.3x a plain image's time per step, T2I-Adapter â
 computed once per image). Peak memory is reported on CUDA.
 """
 
-import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,12 @@ from diffusers import (ControlNetModel, StableDiffusionAdapterPipeline, StableDi
                        T2IAdapter)
 from PIL import Image
 
+from bench.common import open_manager, parser
 from bench.generate import free, measure
 from bench.sd15 import save_random_sd15
 from studio.control import ControlParams, ControlUnit, run_control
-from studio.device import describe, pick_device
+from studio.device import describe
 from studio.generate import make_scheduler
-from studio.models import ModelManager
 
 PROMPT = "a photograph of a house by a lake"
 
@@ -42,15 +40,11 @@ def save_random_controls(folder: Path, sd15: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=["shapes", "tiny"], help="a built-in family instead of SD1.5's architecture")
-    p.add_argument("--device", help="default: the best one present")
+    p = parser(__doc__, choices=["shapes", "tiny"], help="a built-in family instead of SD1.5's architecture")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    manager = ModelManager(str(device), cache_dir=args.workdir)
+    device, manager = open_manager(args)
     if args.model:
         base, cn_name, ad_name = args.model, f"{args.model}-controlnet", f"{args.model}-t2i-adapter"
     else:

@@ -8,20 +8,17 @@ Prints a table: seconds per image, UNet iterations per second and peak memory fo
 the other's weights unloaded, after one warm-up image.
 """
 
-import argparse
 import gc
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
+from bench.common import open_manager, parser
 from bench.sd15 import save_random_sd15
-from studio.device import describe, dtype_for, pick_device
+from studio.device import describe, dtype_for
 from studio.generate import GenerateParams, make_scheduler, run_generate
-from studio.models import ModelManager
 
 PROMPT = "a photograph of an astronaut riding a horse"
 
@@ -48,17 +45,13 @@ def free(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="a catalog name or folder instead of SD1.5's architecture with random weights")
-    p.add_argument("--device", help="default: the best one present")
+    p = parser(__doc__)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--size", type=int, help="default: the model's own (512 for SD1.5)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scheduler", default="DPM++ 2M")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    manager = ModelManager(str(device), cache_dir=args.workdir)
+    device, manager = open_manager(args)
     folder = manager.resolve(args.model).location if args.model else str(save_random_sd15(args.workdir / "sd15-random"))
     size = args.size or manager.resolve(folder).size
     params = GenerateParams(PROMPT, steps=args.steps, cfg=7.5, width=size, height=size, seed=0,

@@ -8,32 +8,24 @@ Prints seconds for a plain image (diffusers' own attention), for a replace edit 
 LocalBlend, and their ratio to the plain image (the goal on a GPU: ≤ 2.1x; an edit draws two images).
 """
 
-import argparse
-import tempfile
-from pathlib import Path
-
 import torch
 
+from bench.common import open_manager, parser
 from bench.generate import measure
 from bench.sd15 import save_random_sd15
-from studio.device import describe, pick_device
+from studio.device import describe
 from studio.generate import GenerateParams, run_generate
-from studio.models import ModelManager
 from studio.p2p import P2PParams, run_p2p
 
 SOURCE, TARGET = "a photograph of a cat riding a bicycle", "a photograph of a dog riding a bicycle"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="a catalog name or folder instead of SD1.5's architecture with random weights")
-    p.add_argument("--device", help="default: the best one present")
+    p = parser(__doc__)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    manager = ModelManager(str(device), cache_dir=args.workdir)
+    device, manager = open_manager(args)
     folder = manager.resolve(args.model).location if args.model else str(save_random_sd15(args.workdir / "sd15-random"))
     size = manager.resolve(folder).size
     runs = {

@@ -10,10 +10,7 @@ text encoder, then one UNet forward and backward with the LoRA weights in fp32 u
 Goals on one GPU: ≤ 30 ms/step, a 500-step job ≤ 25 s end to end, ≤ 8 GiB.
 """
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,11 +18,11 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from PIL import Image
 
+from bench.common import open_manager, parser
 from bench.generate import free
 from bench.sd15 import save_random_sd15
-from studio.device import describe, pick_device
+from studio.device import describe
 from studio.lora import remove_adapter
-from studio.models import ModelManager
 from studio.trainer import TARGETS, TrainParams, train
 
 WARMUP = 5
@@ -94,16 +91,12 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="a catalog name or folder instead of SD1.5's architecture with random weights")
-    p.add_argument("--device", help="default: the best one present")
+    p = parser(__doc__)
     p.add_argument("--steps", type=int, default=500, help="steps of the studio job (the plain loop runs 100 at most)")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "diffusion-studio-bench")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    manager = ModelManager(str(device), cache_dir=args.workdir)
+    device, manager = open_manager(args)
     spec = args.model or str(save_random_sd15(args.workdir / "sd15-random"))
     images = subject(args.resolution)
     rows = []

@@ -30,7 +30,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image, UnidentifiedImageError
 
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import encode_image, flatten_alpha
+from studio.images import flatten_alpha
+from studio.models import encode_image
 from studio.params import Ranged, ranged
 from studio.shapes.world import COLOURS, SHAPES
 

@@ -25,7 +25,8 @@ from PIL import Image, ImageOps
 
 from studio.generate import MAX_SEED, check_prompt, make_scheduler, snap_size
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents, encode_image, flatten_alpha, to_images
+from studio.images import flatten_alpha
+from studio.models import decode_latents, encode_image, to_images
 from studio.params import Ranged, ranged
 
 MAX_UNITS = 3

@@ -453,14 +453,6 @@ class ModelManager:
         return self.resolve(spec).note
 
 
-def flatten_alpha(image: Image.Image) -> tuple[Image.Image, bool]:
-    """RGB; transparent images are placed on white. Also says whether there was transparency to flatten."""
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB"), True
-    return image.convert("RGB"), False
-
-
 def encode_image(pipe: DiffusionPipeline, image: Image.Image) -> torch.Tensor:
     """The VAE posterior mean of an RGB image, scaled as the UNet expects: (1, C, h, w) in the UNet's dtype."""
     device, dtype = pipe.unet.device, pipe.unet.dtype

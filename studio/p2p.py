@@ -36,7 +36,7 @@ from studio.params import Ranged, ranged
 
 EDITS = ("replace", "refine", "reweight")
 SELF_MAX_SIDE = 32  # self-attention is injected at resolutions up to 32x32, as the paper's code does for SD
-BLEND_MAX_SIDE = 32  # LocalBlend averages the cross-attention maps of every resolution up to this side
+BLEND_LEVELS = (1, 2, 4, 8)  # attention resolutions as divisors of the latent side: 64, 32, 16, 8 for SD at 512
 BLEND_START = 0.2  # LocalBlend starts after this fraction of the steps (the paper's code), once a layout exists
 N_TOKENS = 77
 
@@ -52,6 +52,9 @@ class P2PParams(Ranged):
     word_windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # word -> its own (start, end)
     self_end: float = ranged(0.4, 0, 1, 0.05, "Self-attention injection (keeps shapes) ends at this fraction.")
     blend_words: list[str] = field(default_factory=list)
+    # Which attention resolutions the LocalBlend mask averages, as divisors of the latent side (BLEND_LEVELS). Empty:
+    # the paper's choice, the coarsest resolution of the UNet's down/up blocks (16x16 for SD at 512).
+    blend_levels: list[int] = field(default_factory=list)
     blend_threshold: float = ranged(0.3, 0.05, 0.95, 0.05, "LocalBlend: where a blend word's map exceeds this share "
                                                             "of its maximum, the edit may change the image.")
     steps: int = ranged(50, 5, 150, 1, "DDIM steps.")
@@ -185,7 +188,8 @@ class AttentionMaps:
 class Controller:
     """Decides, per step and attention call, how the edit's attention is made from the source's."""
 
-    def __init__(self, params: P2PParams, tokenizer, latent_hw: tuple[int, int], use_cfg: bool):
+    def __init__(self, params: P2PParams, tokenizer, latent_hw: tuple[int, int], use_cfg: bool,
+                 coarsest_level: int = 4):
         steps = params.steps
         self.step, self.use_cfg, self.latent_hw = 0, use_cfg, latent_hw
         src, tgt = params.source_prompt, params.target_prompt
@@ -219,6 +223,7 @@ class Controller:
             self.blend[1, found_t] = 1
         self.blend_from = int(BLEND_START * steps)
         self.blend_threshold = params.blend_threshold
+        self.blend_sides = {max(1, latent_hw[0] // level) for level in params.blend_levels or [coarsest_level]}
         n_real = max(len(tokenizer(p).input_ids) for p in (src, tgt))
         self.maps = AttentionMaps(min(n_real, N_TOKENS))
         self._blend_sum: torch.Tensor | None = None
@@ -257,11 +262,13 @@ class Controller:
         h, w = self.side(cond.shape[2])
         maps = cond.mean(1).reshape(2, h, w, N_TOKENS)
         self.maps.add(self.step, h, maps[..., : self.maps.n_tokens])
-        if self.blend.any() and max(h, w) <= BLEND_MAX_SIDE:
+        if self.blend.any() and h in self.blend_sides:
             # (2, h, w) sum of the blend words' maps, brought to the latent size and averaged over layers
             words = (maps * self.blend.to(maps)[:, None, None]).sum(-1)
-            words = F.max_pool2d(words[:, None].float(), 3, stride=1, padding=1)
-            words = F.interpolate(words, size=self.latent_hw, mode="bilinear")
+            words = F.interpolate(words[:, None].float(), size=self.latent_hw, mode="bilinear")
+            # Widen the region a little, as the paper's 3x3 max-pool of 16x16 maps does at 512: 1/16 of the side.
+            k = max(1, max(self.latent_hw) // 16)
+            words = F.max_pool2d(words, 2 * k + 1, stride=1, padding=k)
             self._blend_sum = words if self._blend_sum is None else self._blend_sum + words
             self._blend_count += 1
 
@@ -342,6 +349,12 @@ class P2PResult:
     warnings: list[str]
 
 
+def coarsest_level(unet) -> int:
+    """The latent divisor of the UNet's coarsest down-block cross-attention: 4 for SD (16x16 at 512), 2 for Shapes."""
+    blocks = [i for i, kind in enumerate(unet.config.down_block_types) if "CrossAttn" in kind]
+    return 2 ** max(blocks, default=0)
+
+
 def check_params(params: P2PParams) -> None:
     if not params.source_prompt.strip():
         raise ValueError("Write the source prompt (what the image shows).")
@@ -351,6 +364,9 @@ def check_params(params: P2PParams) -> None:
         raise ValueError("Reweight needs at least one word with a weight other than 1.")
     if params.edit != "reweight" and not params.target_prompt.strip():
         raise ValueError("Write the target prompt (the source prompt with your edit).")
+    if not set(params.blend_levels) <= set(BLEND_LEVELS):
+        raise ValueError("LocalBlend averages attention maps at 1/1, 1/2, 1/4 or 1/8 of the latent side "
+                         f"(levels {', '.join(map(str, BLEND_LEVELS))}), not {params.blend_levels}.")
 
 
 def token_strings(tokenizer, prompt: str, n: int) -> list[str]:
@@ -393,7 +409,7 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
         noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
         latents = (noise * scheduler.init_noise_sigma).to(device, dtype).repeat(2, 1, 1, 1)  # one start for both
 
-    controller = Controller(params, pipe.tokenizer, (height // f, width // f), use_cfg)
+    controller = Controller(params, pipe.tokenizer, (height // f, width // f), use_cfg, coarsest_level(pipe.unet))
     saved = pipe.unet.attn_processors
     try:
         pipe.unet.set_attn_processor(P2PAttnProcessor(controller))
@@ -414,6 +430,10 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
         pipe.unet.set_attn_processor(saved)
     source, edited = to_images(decode_latents(pipe, latents))
     mask = None
+    if params.blend_words and controller.blend_mask is None:
+        sides = " and ".join(f"{side}×{side}" for side in controller.maps.sides)
+        warnings.append(f"LocalBlend was off: this model has no cross-attention at the resolutions picked; its maps "
+                        f"are {sides}.")
     if controller.blend_mask is not None:
         m = controller.blend_mask[0, 0].float().cpu().numpy()
         mask = Image.fromarray((m * 255).astype(np.uint8)).resize((width, height), Image.NEAREST)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from studio.images import to_rgb_array
 from studio.params import Ranged, ranged
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
@@ -226,21 +227,6 @@ def check_knobs(knobs: Knobs) -> None:
                              f"got {value}")
 
 
-def prepare_input(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Any PIL image or array (grey, RGBA, 16-bit) -> H x W x 3 uint8 RGB; transparency goes on white."""
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            image = (image.astype(np.float64) / max(float(image.max()), 1.0) * 255).round().astype(np.uint8)
-        image = Image.fromarray(image)
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    elif image.mode in ("I", "I;16", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray((array / max(array.max(), 1.0) * 255).astype(np.uint8))
-    return np.asarray(image.convert("RGB"))
-
-
 def run_preprocessor(name: str, image: Image.Image | np.ndarray, knobs: Knobs | None = None,
                      detector: Any = None) -> Image.Image:
     """The condition map of `image` (an RGB image of the same size). Network preprocessors need their `detector`
@@ -251,7 +237,7 @@ def run_preprocessor(name: str, image: Image.Image | np.ndarray, knobs: Knobs | 
     check_knobs(knobs)
     if pre.needs_weights and detector is None:
         raise ValueError(f"{pre.label} needs its annotator network; ask the model manager for it")
-    rgb = prepare_input(image)
+    rgb = to_rgb_array(image)
     h, w = rgb.shape[:2]
     if min(h, w) < 8:
         raise ValueError(f"The image is {w}×{h}; preprocessors need at least 8 pixels a side")

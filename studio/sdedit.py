@@ -21,7 +21,8 @@ from PIL import Image
 from studio.generate import MAX_SEED, make_scheduler, snap_size
 from studio.params import Ranged, ranged
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents, encode_image, flatten_alpha, to_images
+from studio.images import flatten_alpha
+from studio.models import decode_latents, encode_image, to_images
 
 MAX_SIDE = 1024  # larger guides are scaled down (with a note): memory grows with the square of the side
 N_PREVIEWS = 4  # predicted-x0 views kept along the way

@@ -17,7 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from studio.generate import GenerateParams, run_generate
 from studio.jobs import StopFn
-from studio.models import ModelManager, encode_image, flatten_alpha
+from studio.images import flatten_alpha
+from studio.models import ModelManager, encode_image
 
 if TYPE_CHECKING:
     from studio.trainer import TrainParams

@@ -50,6 +50,18 @@ class StudioContext:
         """A fresh stop flag for this session's new job; its tab's Cancel sets it."""
         return self.cancel.arm(session(request))
 
+    def run_job(self, request: gr.Request | None, progress: gr.Progress, technique: Callable, *args: Any,
+                unit: str = "steps", **kwargs: Any) -> Any:
+        """`technique(pipe, *args, **kwargs)` on the lent model with this session's stop flag, a progress bar for
+        loading and for its steps; its warnings are shown as toasts."""
+        stop = self.arm(request)
+        with self.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+            result = technique(pipe, *args, should_stop=stop.is_set,
+                               on_step=lambda i, n: progress((i, n), desc="Denoising", unit=unit), **kwargs)
+        for warning in getattr(result, "warnings", []):
+            gr.Warning(warning)
+        return result
+
     def stop_job(self, request: gr.Request) -> None:
         """Every tab's Cancel: the running job of this session stops at its next step."""
         self.cancel.cancel(session(request))

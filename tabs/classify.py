@@ -126,11 +126,9 @@ class ClassifyTab:
         if image is None:
             raise ValueError("Upload an image to classify.")
         params = self._params(templates, schedule, custom, loss, seed, batch)
-        stop = self.ctx.arm(request)
         started = time.perf_counter()
-        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
-            result = classify(pipe, image, classes.splitlines(), params, should_stop=stop.is_set,
-                              on_step=lambda i, n: progress((i, n), desc="Denoising", unit="UNet calls"))
+        result = self.ctx.run_job(request, progress, classify, image, classes.splitlines(), params,
+                                  unit="UNet calls")
         seconds = time.perf_counter() - started
         info = (f"### Prediction: **{result.label}**\n{result.unet_calls:,} UNet evaluations in {seconds:.1f} s "
                 f"({result.unet_calls / seconds:,.0f}/s). Errors of classes pruned early are over fewer samples.")

@@ -247,12 +247,7 @@ class ControlTab:
         units = [self._unit_from(k, *values[1:]) for k, values in enumerate(given) if values[0]]
         if not units:
             gr.Warning("No condition is switched on: this is a plain text-to-image picture.")
-        stop = self.ctx.arm(request)
-        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
-            result = run_control(pipe, units, params, init_image=init, should_stop=stop.is_set,
-                                 on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
-        for warning in result.warnings:
-            gr.Warning(warning)
+        result = self.ctx.run_job(request, progress, run_control, units, params, init_image=init)
         names = ", ".join(f"{u.name} × {u.scale:g} over {u.start:g}–{u.end:g}" for u in units) or "no control"
         info = f"seed {result.seed} · {result.seconds:.2f} s · {names}"
         return result.image, [(m, u.name) for m, u in zip(result.conditions, units)], info

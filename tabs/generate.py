@@ -83,13 +83,8 @@ class GenerateTab:
                  progress=gr.Progress(track_tqdm=True)):
         params = GenerateParams(prompt or "", negative_prompt or "", -1 if seed is None else int(seed), int(steps),
                                 float(cfg), int(width), int(height), scheduler, int(n_images))
-        stop = self.ctx.arm(request)
         started = time.perf_counter()
-        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
-            result = run_generate(pipe, params, model_name=self.ctx.model, should_stop=stop.is_set,
-                                  on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
-        for warning in result.warnings:
-            gr.Warning(warning)
+        result = self.ctx.run_job(request, progress, run_generate, params, model_name=self.ctx.model)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         paths = [str(save_png(image, meta, self.ctx.outputs / f"{stamp}-{meta['image_seed']}.png"))
                  for image, meta in zip(result.images, result.metadata)]

@@ -74,7 +74,13 @@ class P2PTab:
                         self.self_end = slider(P2PParams, "self_end", "Self-attention until")
                         self.blend_words = gr.Textbox(label="LocalBlend words (space-separated; empty = off)",
                                                       placeholder="circle")
-                        self.blend_threshold = slider(P2PParams, "blend_threshold", "LocalBlend threshold")
+                        with gr.Row():
+                            self.blend_threshold = slider(P2PParams, "blend_threshold", "LocalBlend threshold")
+                            self.blend_levels = gr.CheckboxGroup(
+                                [("1/1", 1), ("1/2", 2), ("1/4", 4), ("1/8", 8)], value=[],
+                                label="LocalBlend averages the maps at", info="attention resolutions as a fraction of "
+                                "the latent side (SD at 512: 64, 32, 16, 8). None ticked: the paper's choice, the "
+                                "UNet's coarsest block level (16×16 for SD, 8×8 for Shapes)")
                     with gr.Accordion("More settings", open=False):
                         self.steps = slider(P2PParams, "steps", "Steps")
                         self.cfg = slider(P2PParams, "cfg", "Guidance (CFG)")
@@ -112,8 +118,8 @@ class P2PTab:
         self.source_prompt.change(self.relabel, [self.target_prompt, self.source_prompt], self.weights,
                                   api_name=False, queue=False)
         inputs = [self.source_prompt, self.target_prompt, self.edit, self.cross_start, self.cross_end,
-                  self.word_windows, self.self_end, self.blend_words, self.blend_threshold, self.steps, self.cfg,
-                  self.seed, self.real, self.inversion, *self.weights]
+                  self.word_windows, self.self_end, self.blend_words, self.blend_threshold, self.blend_levels,
+                  self.steps, self.cfg, self.seed, self.real, self.inversion, *self.weights]
         event = self.run.click(self.p2p, inputs, [self.source, self.edited, self.info, self.result, self.side,
                                                   self.mask, self.inversion], api_name="p2p", concurrency_id=GPU)
         event.then(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
@@ -134,14 +140,14 @@ class P2PTab:
 
     @user_errors
     def p2p(self, source, target, edit, cross_start, cross_end, word_windows, self_end, blend_words, blend_threshold,
-            steps, cfg, seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request,
+            blend_levels, steps, cfg, seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request,
             progress=gr.Progress()):
         # Named slider parameters, not *weights: Gradio injects `request` and `progress` only into fixed signatures.
         weights = dict(zip(self.words(target, source), (w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11)))
         params = P2PParams(source or "", target or "", edit, {w: float(v) for w, v in weights.items() if v != 1},
                            float(cross_start), float(cross_end), parse_windows(word_windows), float(self_end),
-                           (blend_words or "").split(), float(blend_threshold), int(steps), float(cfg),
-                           -1 if seed is None else int(seed))
+                           (blend_words or "").split(), [int(level) for level in blend_levels or []],
+                           float(blend_threshold), int(steps), float(cfg), -1 if seed is None else int(seed))
         stop = self.ctx.arm(request)
         inversion = None
         with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:

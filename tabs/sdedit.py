@@ -99,12 +99,7 @@ class SDEditTab:
                request: gr.Request, progress=gr.Progress()):
         guide, mask, params = self._inputs(editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed,
                                            feather)
-        stop = self.ctx.arm(request)
-        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
-            result = run_sdedit(pipe, guide, params, mask=mask, should_stop=stop.is_set,
-                                on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
-        for warning in result.warnings:
-            gr.Warning(warning)
+        result = self.ctx.run_job(request, progress, run_sdedit, guide, params, mask=mask)
         views = [(result.noised, f"x(t0), t = {result.t0_timestep}")]
         views += [(image, f"predicted x0 after step {step}") for step, image in result.previews]
         masked = "inside the mask only" if mask is not None else "whole image"

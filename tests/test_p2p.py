@@ -79,6 +79,7 @@ def test_refine_aligns_the_shared_tokens_and_marks_new_ones():
     (dict(edit="reweight", weights={}), "at least one word"),
     (dict(weights={"green": 2.0}), "not a word of the target"),
     (dict(blend_words=["square"]), "in neither prompt"),
+    (dict(blend_words=["circle"], blend_levels=[3]), "1/1, 1/2, 1/4 or 1/8"),
     (dict(cross_start=0.9, cross_end=0.2), "start ≤ end"),
     (dict(edit="swap"), "Unknown edit"),
 ])
@@ -95,6 +96,16 @@ def test_maps_are_recorded_per_step_and_resolution_and_blend_gives_a_mask(manage
     m = result.maps.token_map(0, 3)
     assert m.shape == (8, 8) and m.max() == pytest.approx(1)
     assert result.blend_mask is not None and result.blend_mask.size == (64, 64)
+
+
+def test_local_blend_averages_only_the_resolutions_picked(manager):
+    """The tiny UNet attends at 8x8 (level 1 of its 8x8 latent) and 4x4 (level 2)."""
+    fine, coarse = (p2p(manager, blend_words=["circle"], blend_levels=[level], blend_threshold=0.9)
+                    for level in (1, 2))
+    assert not np.array_equal(np.asarray(fine.blend_mask), np.asarray(coarse.blend_mask))
+    off = p2p(manager, blend_words=["circle"], blend_levels=[8])
+    assert off.blend_mask is None and "LocalBlend was off" in off.warnings[0] and "4×4 and 8×8" in off.warnings[0]
+    assert np.array_equal(np.asarray(off.edited), np.asarray(p2p(manager).edited))
 
 
 def test_an_inverted_image_is_the_source_row_and_settings_must_match(manager):

@@ -14,8 +14,8 @@ def client(app_url):
 
 
 def edit(client, source="a red circle", target="a blue circle", kind="replace", blend="", weights=WEIGHTS, real=None,
-         windows=""):
-    return client.predict(source, target, kind, 0.0, 0.8, windows, 0.4, blend, 0.3, 5, 7.5, 1, real, *weights,
+         windows="", levels=()):
+    return client.predict(source, target, kind, 0.0, 0.8, windows, 0.4, blend, 0.3, levels, 5, 7.5, 1, real, *weights,
                           api_name="/p2p")
 
 

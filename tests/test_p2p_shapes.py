@@ -1,13 +1,16 @@
-"""Prompt-to-Prompt on the shipped Shapes model, measured with the world's detector.
+"""Prompt-to-Prompt on the shipped Shapes model, measured with the world's detector (30 DDIM steps, CFG 7.5).
 
-What holds today (12 seeds, 30 DDIM steps): a colour word swap turns the shape blue in 11/12 seeds and keeps the
-source's silhouette better than regenerating from the edited prompt with the same seed (mean IoU 0.41 vs 0.22).
-The issue's bars (IoU ≥ 0.8, token maps over the shape, monotone reweighting) are not met: this model routes its
-text through the padding tokens, so word maps are diffuse (see models/shapes/README.md).
+Since the UNet reads the words themselves (models/shapes/README.md: its training hides the end and padding tokens),
+the "circle" token's cross-attention lies on the circle, LocalBlend confines an edit to the circle's region, and a word
+swap keeps the circle exactly in most seeds. Not met (see the model card): the issue's mean IoU >= 0.8 for a plain
+word swap (in some seeds the edit redraws the scene) and a monotone colour change when the colour word is reweighted
+(the "circle" token, which sees "red" through CLIP's causal mask, carries the colour as well).
 """
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from studio.inversion import invert
 from studio.p2p import P2PParams, run_p2p
@@ -15,7 +18,7 @@ from studio.shapes.detect import detect, iou
 from studio.shapes.world import sample_scene
 
 pytestmark = pytest.mark.slow
-SEEDS = range(12)
+SEEDS = range(8)
 
 
 def main_shape(image):
@@ -23,18 +26,64 @@ def main_shape(image):
     return max(found, key=lambda d: d.mask.sum()) if found else None
 
 
-def test_word_swap_changes_the_colour_and_keeps_the_layout_better_than_regenerating(manager):
-    kept, regenerated, blue = [], [], 0
+def upsample(m: np.ndarray, side: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(m.astype(np.float32)).resize((side, side), Image.BILINEAR))
+
+
+@pytest.fixture(scope="module")
+def swaps(manager):
+    """"a red circle" -> "a blue circle" per seed, plain and with LocalBlend on "circle", and the regeneration."""
+    out = []
     with manager.lend("shapes") as pipe:
         for seed in SEEDS:
             edit = run_p2p(pipe, P2PParams("a red circle", "a blue circle", steps=30, seed=seed))
+            blended = run_p2p(pipe, P2PParams("a red circle", "a blue circle", steps=30, seed=seed,
+                                              blend_words=["circle"]))
             plain = run_p2p(pipe, P2PParams("a blue circle", "a blue circle", steps=30, seed=seed)).source
-            s, e, p = main_shape(edit.source), main_shape(edit.edited), main_shape(plain)
-            kept.append(iou(s.mask, e.mask) if s and e else 0.0)
-            regenerated.append(iou(s.mask, p.mask) if s and p else 0.0)
-            blue += e is not None and e.colour == "blue"
-    assert blue >= 9, f"the edit is blue in {blue}/{len(SEEDS)} seeds"
+            out.append((edit, blended, plain))
+    return out
+
+
+def test_word_swap_changes_the_colour_and_keeps_the_circle(swaps):
+    kept, regenerated, blue = [], [], 0
+    for edit, _, plain in swaps:
+        s, e, p = main_shape(edit.source), main_shape(edit.edited), main_shape(plain)
+        kept.append(iou(s.mask, e.mask) if s and e else 0.0)
+        regenerated.append(iou(s.mask, p.mask) if s and p else 0.0)
+        blue += e is not None and e.colour == "blue"
+    assert blue >= 7, f"the edit is blue in {blue}/{len(SEEDS)} seeds"
+    # Measured: IoU >= 0.9 in 3 of 8 seeds (0.64 in a fourth), mean 0.43 vs 0.24 for regenerating from the edited
+    # prompt. The issue's bar (mean >= 0.8) is not met: in the other seeds the edit redraws the scene.
+    assert sum(k >= 0.9 for k in kept) >= 3, np.round(kept, 2)
     assert np.mean(kept) > np.mean(regenerated) + 0.1, (np.round(kept, 2), np.round(regenerated, 2))
+
+
+def test_the_circle_token_attends_to_the_circle(swaps):
+    """Share of the "circle" token's 8x8 map inside the drawn circle, over the share its area would get by chance."""
+    ratios = []
+    for edit, _, _ in swaps:
+        shape = main_shape(edit.source)
+        m = upsample(edit.maps.token_map(0, edit.source_tokens.index("circle"), sides=[8]), 64)
+        ratios.append(m[shape.mask].sum() / m.sum() / shape.mask.mean())
+    # Measured 2.4x on average, 1.75x at least (the previous model: 1.04x, i.e. chance).
+    assert np.mean(ratios) >= 2 and min(ratios) >= 1.4, np.round(ratios, 2)
+
+
+def test_local_blend_edits_the_circle_and_leaves_the_background(swaps):
+    areas = []
+    for edit, blended, _ in swaps:
+        mask = np.asarray(blended.blend_mask) > 0
+        shape = main_shape(blended.source)
+        assert (mask & shape.mask).sum() >= 0.95 * shape.mask.sum(), "the mask must cover the circle"
+        areas.append(mask.mean())
+        # Outside the mask, widened by one latent pixel (the VAE decoder mixes neighbours), nothing changes.
+        outside = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+        diff = np.abs(np.asarray(blended.edited, float) - np.asarray(blended.source, float)).mean(-1)
+        if outside.any():
+            assert diff[outside].mean() < 3, f"background changed by {diff[outside].mean():.1f}/255"
+        colours = [d.colour for d in detect(blended.edited)]
+        assert "blue" in colours and "red" not in colours, colours
+    assert np.mean(areas) < 0.5, f"the masks cover {np.mean(areas):.0%} of the image on average"  # measured 35%
 
 
 def test_null_text_inversion_reconstructs_a_shapes_image(manager):
