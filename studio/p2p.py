@@ -189,7 +189,7 @@ class Controller:
     """Decides, per step and attention call, how the edit's attention is made from the source's."""
 
     def __init__(self, params: P2PParams, tokenizer, latent_hw: tuple[int, int], use_cfg: bool,
-                 coarsest_level: int = 4):
+                 coarsest_level: int):
         steps = params.steps
         self.step, self.use_cfg, self.latent_hw = 0, use_cfg, latent_hw
         src, tgt = params.source_prompt, params.target_prompt

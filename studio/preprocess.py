@@ -217,16 +217,6 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in [
 KNOB_NAMES = frozenset(f.name for f in fields(Knobs))
 
 
-def check_knobs(knobs: Knobs) -> None:
-    for f in fields(Knobs):
-        if f.type in (bool, "bool"):
-            continue
-        meta, value = Knobs.meta(f.name), getattr(knobs, f.name)
-        if not meta["min"] <= value <= meta["max"]:
-            raise ValueError(f"{f.name.replace('_', ' ')} must be between {meta['min']} and {meta['max']}, "
-                             f"got {value}")
-
-
 def run_preprocessor(name: str, image: Image.Image | np.ndarray, knobs: Knobs | None = None,
                      detector: Any = None) -> Image.Image:
     """The condition map of `image` (an RGB image of the same size). Network preprocessors need their `detector`
@@ -234,7 +224,7 @@ def run_preprocessor(name: str, image: Image.Image | np.ndarray, knobs: Knobs | 
     if name not in PREPROCESSORS:
         raise ValueError(f"Unknown preprocessor '{name}'; choose one of {', '.join(PREPROCESSORS)}")
     pre, knobs = PREPROCESSORS[name], knobs or Knobs()
-    check_knobs(knobs)
+    knobs.check_ranges()
     if pre.needs_weights and detector is None:
         raise ValueError(f"{pre.label} needs its annotator network; ask the model manager for it")
     rgb = to_rgb_array(image)

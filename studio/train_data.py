@@ -16,8 +16,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from studio.generate import GenerateParams, run_generate
-from studio.jobs import StopFn
 from studio.images import flatten_alpha
+from studio.jobs import StopFn
 from studio.models import ModelManager, encode_image
 
 if TYPE_CHECKING:
@@ -91,10 +91,19 @@ def class_images(manager: ModelManager, spec: str, params: "TrainParams", cache:
     return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))[: params.num_class_images]]
 
 
-def save_job(folder: Path, spec: str, params: "TrainParams", images: list[Image.Image]) -> None:
-    """The job's images and settings, so it can resume without the browser that started it."""
+def check_new_job(folder: Path) -> None:
     if (folder / "job.json").exists():
         raise ValueError(f"A job named {folder.name!r} exists already: Resume it, or choose another name.")
+
+
+def check_resumable(folder: Path) -> None:
+    if not (folder / "job.json").exists():
+        raise ValueError(f"There is no job named {folder.name!r} to resume.")
+
+
+def save_job(folder: Path, spec: str, params: "TrainParams", images: list[Image.Image]) -> None:
+    """The job's images and settings, so it can resume without the browser that started it."""
+    check_new_job(folder)
     (folder / "instance").mkdir(parents=True)
     for i, image in enumerate(images):
         image.save(folder / "instance" / f"{i:02d}.png")
@@ -103,8 +112,7 @@ def save_job(folder: Path, spec: str, params: "TrainParams", images: list[Image.
 
 def load_job(folder: Path) -> tuple[str, dict, list[Image.Image]]:
     """(model, settings as saved, images) of a job folder."""
-    if not (folder / "job.json").exists():
-        raise ValueError(f"There is no job named {folder.name!r} to resume.")
+    check_resumable(folder)
     job = json.loads((folder / "job.json").read_text())
     images = [Image.open(p).convert("RGB") for p in sorted((folder / "instance").glob("*.png"))]
     return job["model"], job["params"], images

@@ -103,11 +103,7 @@ def check_params(params: TrainParams) -> TrainParams:
     for name, allowed in choices.items():
         if getattr(params, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(params, name)!r}.")
-    for f in fields(TrainParams):
-        meta = TrainParams.meta(f.name)
-        if "min" in meta and not meta["min"] <= getattr(params, f.name) <= meta["max"]:
-            raise ValueError(f"{f.name} must be between {meta['min']} and {meta['max']}; "
-                             f"got {getattr(params, f.name)}.")
+    params.check_ranges()
     if params.resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8; got {params.resolution}.")
     return params
@@ -366,7 +362,6 @@ def identifier_report(tokenizer: Any, identifier: str) -> tuple[list[str], list[
         warnings.append(f"'{identifier}' is a common token (#{ids[0]:,}): the model already means something by it, "
                         "which training must overwrite. Prefer a rare one such as 'sks' or 'ohwx'.")
     return [f"{p} (#{i:,})" for p, i in zip(pieces, ids)], warnings
-
 
 
 class TrainJob:

@@ -10,7 +10,7 @@ from studio.generate import GenerateParams, run_generate
 from studio.lora import WEIGHTS, check_name, library
 from studio.shapes.concepts import CONCEPTS, concept_images
 from studio.tiny import load_tokenizer
-from studio.train_data import check_images
+from studio.train_data import check_images, check_new_job, check_resumable
 from studio.trainer import TrainJob, TrainParams, check_params, identifier_report, presets
 from tabs import GPU, StudioContext, slider, user_errors
 
@@ -150,8 +150,7 @@ class TrainTab:
                                                                             if p.strip()], **values)
         images = check_images([f if isinstance(f, str) else f.name for f in files or []])
         check_params(params)
-        if (self.root / name / "job.json").exists():
-            raise ValueError(f"A job named {name!r} exists already: Resume it, or choose another name.")
+        check_new_job(self.root / name)  # here too, so the message comes now and not from the job's thread
         self.jobs[name] = TrainJob(self.ctx.manager, self.ctx.model, self.root / name, params, images).start()
         return f"**{name}** · starting", gr.Timer(active=True)
 
@@ -160,8 +159,7 @@ class TrainTab:
         name = check_name(name)
         if name in self.jobs and self.jobs[name].running:
             raise ValueError(f"{name!r} is training already.")
-        if not (self.root / name / "job.json").exists():
-            raise ValueError(f"There is no job named {name!r} to resume.")
+        check_resumable(self.root / name)
         self.jobs[name] = TrainJob(self.ctx.manager, self.ctx.model, self.root / name,
                                    TrainParams(steps=int(steps)), resume=True).start()
         return f"**{name}** · resuming", gr.Timer(active=True)
@@ -189,8 +187,7 @@ class TrainTab:
         done = not job.running
         drift, downloads = [], None
         if done and state.phase == "done":
-            class_prompt = job.folder / "validation"
-            drift = [(str(p), p.stem) for p in sorted(class_prompt.glob("*-p1-*.png"))
+            drift = [(str(p), p.stem) for p in sorted((job.folder / "validation").glob("*-p1-*.png"))
                      if p.name.startswith((f"step-{0:06d}", f"step-{state.total:06d}"))]
             downloads = [str(job.folder / WEIGHTS), str(job.folder / f"{name}_kohya.safetensors")]
         lora = gr.update(choices=library(self.root), value=name if state.phase == "done" else None)
