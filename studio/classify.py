@@ -6,6 +6,7 @@ the error is a Monte-Carlo estimate of each class's ELBO). As in the paper's cod
 
 - the same (t, ε) pairs are used for every class, so the comparison is paired and its variance small;
 - timesteps are evenly spaced over [0, T); no classifier-free guidance (conditional branch only);
+- a v-prediction UNet's output is turned into its ε first, so the error is the paper's ε-error for every model;
 - an adaptive schedule spends few samples on every class, keeps the best ones and spends more on those
   (e.g. CIFAR-10: 50 samples keeping 5, then 500 keeping 1). A later stage's timesteps include the earlier ones, so
   errors already measured are reused, and a schedule whose stages keep every class ranks exactly as the
@@ -31,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.images import flatten_alpha
-from studio.models import encode_image
+from studio.models import encode_image, split_prediction
 from studio.params import Ranged, ranged
 from studio.shapes.world import COLOURS, SHAPES
 
@@ -174,6 +175,7 @@ def classify(pipe: StableDiffusionPipeline, image: Image.Image, classes: list[st
     generator = torch.Generator("cpu").manual_seed(params.seed)
     noise = {t: torch.randn(z.shape[1:], generator=generator).to(device, dtype) for t in every}
     alphas = pipe.scheduler.alphas_cumprod.to(device)
+    prediction = pipe.scheduler.config.prediction_type
     loss = LOSSES[params.loss]
 
     errors: dict[str, dict[int, float]] = {c: {} for c in classes}
@@ -193,7 +195,8 @@ def classify(pipe: StableDiffusionPipeline, image: Image.Image, classes: list[st
             x_t = a.sqrt() * z + (1 - a).sqrt() * eps
             context = torch.stack([embeddings[c, k] for c, k, _ in chunk])
             pred = pipe.unet(x_t, t, encoder_hidden_states=context).sample
-            per_row = loss(pred.float(), eps.float(), reduction="none").mean((1, 2, 3)).tolist()  # one sync
+            eps_pred = split_prediction(pred.float(), x_t.float(), a.float(), prediction)[1]  # the paper's ε-error
+            per_row = loss(eps_pred, eps.float(), reduction="none").mean((1, 2, 3)).tolist()  # one sync
             for (c, _, t_i), value in zip(chunk, per_row):
                 sums[c, t_i] = sums.get((c, t_i), 0.0) + value / len(templates)
             calls += len(chunk)

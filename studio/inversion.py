@@ -19,7 +19,7 @@ from PIL import Image
 
 from studio.generate import make_scheduler
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents, encode_image, to_images
+from studio.models import decode_latents, encode_image, split_prediction, to_images
 
 
 @dataclass
@@ -45,9 +45,10 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
-def _ddim(eps: torch.Tensor, x: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM move of x from noise level ᾱ_from to ᾱ_to (either direction)."""
-    x0 = (x - (1 - a_from).sqrt() * eps) / a_from.sqrt()
+def _ddim(output: torch.Tensor, x: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor,
+          prediction_type: str) -> torch.Tensor:
+    """Deterministic DDIM move of x from noise level ᾱ_from to ᾱ_to (either direction), given the UNet's output."""
+    x0, eps = split_prediction(output, x, a_from, prediction_type)
     return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
 
 
@@ -65,6 +66,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps.tolist()
     alphas = scheduler.alphas_cumprod.to(device, torch.float32)
+    prediction = scheduler.config.prediction_type
 
     def alpha(i: int) -> torch.Tensor:  # ᾱ at schedule index i; index `steps` is the clean end
         return alphas[timesteps[i]] if i < steps else scheduler.final_alpha_cumprod.to(device, torch.float32)
@@ -89,7 +91,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         for i in reversed(range(steps)):
             tick()
             eps = pipe.unet(z.to(dtype), timesteps[i], encoder_hidden_states=cond).sample.float()
-            z = _ddim(eps, z, alpha(i + 1), alpha(i))
+            z = _ddim(eps, z, alpha(i + 1), alpha(i), prediction)
             trajectory.insert(0, z)
 
     # 2. Null-text optimisation along the pivot trajectory
@@ -105,7 +107,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         optimizer = torch.optim.Adam([null], lr=1e-2 * (1 - i / (2 * steps)))
         for j in range(inner_steps):
             eps_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
-            z_prev = _ddim(eps_uncond + cfg * (eps_cond - eps_uncond), z, alpha(i), alpha(i + 1))
+            z_prev = _ddim(eps_uncond + cfg * (eps_cond - eps_uncond), z, alpha(i), alpha(i + 1), prediction)
             loss = F.mse_loss(z_prev, trajectory[i + 1])
             if loss.item() < 1e-5 + 2e-5 * i:  # the paper's early stop: close enough to the pivot
                 break
@@ -116,7 +118,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         nulls.append(null.to(dtype))
         with torch.no_grad():
             eps_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
-            z = _ddim(eps_uncond + cfg * (eps_cond - eps_uncond), z, alpha(i), alpha(i + 1))
+            z = _ddim(eps_uncond + cfg * (eps_cond - eps_uncond), z, alpha(i), alpha(i + 1), prediction)
 
     with torch.no_grad():
         reconstruction = to_images(decode_latents(pipe, z.to(dtype)))[0]
@@ -126,7 +128,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
             e = pipe.unet(torch.cat([z_ddim] * 2).to(dtype), timesteps[i],
                           encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
             e_u, e_c = e.chunk(2)
-            z_ddim = _ddim(e_u + cfg * (e_c - e_u), z_ddim, alpha(i), alpha(i + 1))
+            z_ddim = _ddim(e_u + cfg * (e_c - e_u), z_ddim, alpha(i), alpha(i + 1), prediction)
         ddim_only = to_images(decode_latents(pipe, z_ddim.to(dtype)))[0]
     return Inversion(key, prompt, steps, cfg, trajectory[0].to(dtype), nulls,
                      reconstruction, psnr(image, reconstruction), psnr(image, ddim_only))

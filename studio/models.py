@@ -461,6 +461,19 @@ def encode_image(pipe: DiffusionPipeline, image: Image.Image) -> torch.Tensor:
         return pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mean.to(dtype) * pipe.vae.config.scaling_factor
 
 
+def split_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
+                     prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean latent x0 and the noise ε a UNet output stands for at noise level ᾱ (x_t = √ᾱ·x0 + √(1−ᾱ)·ε), for
+    ε-prediction (SD 1.x) and v-prediction (v = √ᾱ·ε − √(1−ᾱ)·x0: SD 2.x 768 and the Shapes model). The v form never
+    divides by √ᾱ, so it also holds at a zero-SNR schedule's last step, where ᾱ = 0."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - s * output) / a, output
+    if prediction_type == "v_prediction":
+        return a * x_t - s * output, s * x_t + a * output
+    raise ValueError(f"Unsupported prediction type {prediction_type!r}: the studio handles epsilon and v_prediction.")
+
+
 def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
     """VAE-decode latents to images in [0, 1], NCHW float32.
 

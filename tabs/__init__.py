@@ -42,20 +42,22 @@ class StudioContext:
     def lora_root(self) -> Path:
         return self.outputs / "loras"
 
-    def lend(self, request: gr.Request | None, *args: Any, **kwargs: Any) -> Any:
-        """The model for one job, with the library LoRAs this browser session picked in the header."""
-        return self.manager.lend(self.model, *args, loras=self.loras.get(session(request), []), **kwargs)
+    def lend(self, request: gr.Request | None, *args: Any, loras: list[tuple[Path, float]] | None = None,
+             **kwargs: Any) -> Any:
+        """The model for one job, with `loras` or else the library LoRAs this browser session picked in the header."""
+        loras = self.loras.get(session(request), []) if loras is None else loras
+        return self.manager.lend(self.model, *args, loras=loras, **kwargs)
 
     def arm(self, request: gr.Request | None) -> threading.Event:
         """A fresh stop flag for this session's new job; its tab's Cancel sets it."""
         return self.cancel.arm(session(request))
 
     def run_job(self, request: gr.Request | None, progress: gr.Progress, technique: Callable, *args: Any,
-                unit: str = "steps", **kwargs: Any) -> Any:
-        """`technique(pipe, *args, **kwargs)` on the lent model with this session's stop flag, a progress bar for
-        loading and for its steps; its warnings are shown as toasts."""
+                unit: str = "steps", loras: list[tuple[Path, float]] | None = None, **kwargs: Any) -> Any:
+        """`technique(pipe, *args, **kwargs)` on the lent model (with `loras`, else the header's) with this session's
+        stop flag, a progress bar for loading and for its steps; its warnings are shown as toasts."""
         stop = self.arm(request)
-        with self.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+        with self.lend(request, on_progress=lambda f, what: progress(f, desc=what), loras=loras) as pipe:
             result = technique(pipe, *args, should_stop=stop.is_set,
                                on_step=lambda i, n: progress((i, n), desc="Denoising", unit=unit), **kwargs)
         for warning in getattr(result, "warnings", []):

@@ -194,11 +194,11 @@ class TrainTab:
         return status, loss, shown, drift, downloads, lora, gr.Timer(active=not done)
 
     @user_errors
-    def try_it(self, name, prompt, scale, progress=gr.Progress()):
+    def try_it(self, name, prompt, scale, request: gr.Request, progress=gr.Progress()):
         if not name or name not in library(self.root):
             raise ValueError("Pick a finished LoRA from the library (or train one).")
-        with self.ctx.manager.lend(self.ctx.model, loras=[(self.root / name, float(scale))]) as pipe:
-            size = self.ctx.manager.resolve(self.ctx.model).size
-            result = run_generate(pipe, GenerateParams(prompt or "", seed=0, width=size, height=size, n_images=4),
-                                  on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
+        size = self.ctx.manager.resolve(self.ctx.model).size
+        result = self.ctx.run_job(request, progress, run_generate,
+                                  GenerateParams(prompt or "", seed=0, width=size, height=size, n_images=4),
+                                  loras=[(self.root / name, float(scale))])
         return [(image, f"seed {i} · scale {scale:g}") for i, image in enumerate(result.images)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import (
     ControlNetModel,
+    DDPMScheduler,
     StableDiffusionAdapterPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
@@ -17,7 +18,7 @@ from diffusers import (
     T2IAdapter,
 )
 
-from studio.models import Catalog, ModelManager, ModelUnavailable, decode_latents, module_bytes
+from studio.models import Catalog, ModelManager, ModelUnavailable, decode_latents, module_bytes, split_prediction
 
 
 def test_cache_hit_returns_the_same_objects(manager):
@@ -217,3 +218,23 @@ def test_attention_uses_scaled_dot_product_by_default(manager):
 
     processors = manager.base("tiny").unet.attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
+
+
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_epsilon_and_v_outputs_stand_for_the_same_latent_and_noise(zero_snr):
+    """The loops that use ᾱ themselves (inversion, classifier) read x0 and ε the same way from either kind of UNet,
+    including at a zero-SNR schedule's last step (ᾱ = 0), where an ε-model could not say what x0 is."""
+    scheduler = DDPMScheduler(rescale_betas_zero_snr=zero_snr, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012)
+    x0, eps = torch.randn(2, 3, 4, 8, 8)
+    for t in (0, 500, 999):
+        a = scheduler.alphas_cumprod[t]
+        x_t = scheduler.add_noise(x0, eps, torch.tensor([t]))
+        v = scheduler.get_velocity(x0, eps, torch.tensor([t]))
+        got_x0, got_eps = split_prediction(v, x_t, a, "v_prediction")
+        assert torch.allclose(got_x0, x0, atol=1e-5) and torch.allclose(got_eps, eps, atol=1e-5)
+        if a > 0:
+            got_x0, got_eps = split_prediction(eps, x_t, a, "epsilon")
+            assert torch.allclose(got_x0, x0, atol=1e-3 / a.sqrt()) and torch.equal(got_eps, eps)
+    with pytest.raises(ValueError, match="sample"):
+        split_prediction(eps, x0, scheduler.alphas_cumprod[0], "sample")
