@@ -35,7 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from studio.device import pick_device
 from studio.generate import make_scheduler
-from studio.shapes.world import caption_for, sample_scene
+from studio.shapes.world import BACKGROUNDS, COLOURS, PHRASE, SHAPES, SIZES, caption_for, sample_scene
 from studio.tiny import SD_SCHEDULER, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,10 +53,16 @@ TEXT = dict(vocab_size=49408, hidden_size=128, intermediate_size=512, num_hidden
 # The folder's scheduler, what a plain diffusers pipeline uses: DPM++ 2M as in the studio. (With PNDM, SD 1.x's
 # default, the model named the right colour in 60% of 40 held-out captions at 20 steps instead of 93%.)
 DEFAULT_SCHEDULER = "DPM++ 2M"
-# SD 1.x's betas with PNDM's "leading" timestep spacing, stated: a scheduler made from a config takes its own class's
-# default for anything the config leaves implicit, and every sampler the studio derives from this one inherits it.
-SCHEDULER_CONFIG = {**SD_SCHEDULER, "timestep_spacing": "leading"}
+# SD 1.x's betas rescaled to zero terminal SNR, v-prediction and "trailing" timesteps (Lin et al., "Common Diffusion
+# Noise Schedules and Sample Steps are Flawed", WACV 2024). With SD's own schedule the last training step still shows
+# 7% of the image and ε-prediction weighs the clean image by SNR, about 0.005 there: the UNet never learned to place a
+# shape from the words and took the layout from the starting noise (position at chance). At zero SNR the first step
+# must draw the layout from the prompt alone, and v-prediction weighs that as much as the rest. Stated in full: a
+# scheduler made from a config takes its own class's default for anything the config leaves implicit.
+SCHEDULER_CONFIG = {**SD_SCHEDULER, "timestep_spacing": "trailing", "rescale_betas_zero_snr": True,
+                    "prediction_type": "v_prediction"}
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch that classifier-free guidance needs
+WORD_LOSS = 0.1  # weight of the text encoder's word loss (see `encode`)
 
 
 def canny(image: np.ndarray) -> np.ndarray:
@@ -169,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         return export(args.work, args.out, vae, unet, text_encoder)
     data = Scenes(args.scenes)
     tokenizer = load_tokenizer()
-    noise_scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k in ("beta_start", "beta_end",
-                                       "beta_schedule", "num_train_timesteps")})
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k in (
+        "beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "rescale_betas_zero_snr", "prediction_type")})
 
     def batch_index(rng: np.random.Generator) -> torch.Tensor:
         return torch.from_numpy(rng.integers(0, len(data.pixels), args.batch))
@@ -197,12 +203,21 @@ def main(argv: list[str] | None = None) -> None:
     (args.work / "scaling.txt").write_text(str(vae.config.scaling_factor))
     latents = raw * vae.config.scaling_factor
 
+    # Every word a caption can hold, for the word loss below.
+    words = sorted(set(tokenizer(" ".join(["a and on background ,", *SHAPES, *COLOURS, *BACKGROUNDS, *SIZES,
+                                           *PHRASE.values()])).input_ids) - set(tokenizer("").input_ids))
+    word_index = torch.full((len(tokenizer),), -100, device=device)  # token id -> class; -100: not a word
+    word_index[words] = torch.arange(len(words), device=device)
+
     def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The UNet's context and the padding loss. With CLIP's causal mask the end token and every padding position
-        after it see the whole prompt, and a UNet trained on those 70-odd copies of the sentence ignores the words
-        (diffuse word maps, no positions). So from the end token on the UNet sees the empty prompt's embedding, and the
-        padding loss teaches the text encoder to output that by itself, as it must inside a plain diffusers pipeline;
-        the words themselves are then the only place the UNet can read the prompt from."""
+        """The UNet's context and the text encoder's own losses. With CLIP's causal mask the end token and every
+        padding position after it see the whole prompt, and a UNet trained on those 70-odd copies of the sentence
+        ignores the words (diffuse word maps, no positions). So from the end token on the UNet sees the empty prompt's
+        embedding, and the padding loss teaches the text encoder to output that by itself, as it must inside a plain
+        diffusers pipeline; the words themselves are then the only place the UNet can read the prompt from.
+        The word loss asks each word's output to still name that word (logits against the world's token embeddings):
+        an encoder trained only through the UNet had let words the UNet did not use yet fade into each other ("top"
+        and "bottom" came out 0.1 apart, at norm 10.6), and then the UNet could never learn them."""
         ids = tokenizer(["", *captions], padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt").input_ids.to(device)
         hidden = text_encoder(ids).last_hidden_state
@@ -211,16 +226,19 @@ def main(argv: list[str] | None = None) -> None:
         padding = (torch.arange(ids.shape[1], device=device)[None] >= end[:, None])[..., None]
         context = torch.where(padding, null, hidden)
         padding_loss = ((hidden - null) ** 2 * padding).sum() / (padding.sum() * hidden.shape[-1])
-        return context, padding_loss
+        logits = hidden @ text_encoder.get_input_embeddings().weight[words].T
+        word_loss = F.cross_entropy(logits.flatten(0, 1), word_index[ids].flatten(), ignore_index=-100)
+        return context, padding_loss + WORD_LOSS * word_loss
 
     def embed(captions: list[str]) -> torch.Tensor:
         return encode(captions)[0]
 
     def noisy(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A noised batch, the UNet's target (v = √ᾱ·ε − √(1−ᾱ)·x0) and the timesteps."""
         x0 = latents[index]
         noise = torch.randn_like(x0)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), device=device)
-        return noise_scheduler.add_noise(x0, noise, t), noise, t
+        return noise_scheduler.add_noise(x0, noise, t), noise_scheduler.get_velocity(x0, noise, t), t
 
     if args.stage == "unet":
         unet.to(device).train()
@@ -228,9 +246,9 @@ def main(argv: list[str] | None = None) -> None:
 
         def unet_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
             index = batch_index(rng)
-            x_t, noise, t = noisy(index.to(device))
-            context, padding_loss = encode(data.captions(index, rng))
-            return F.mse_loss(unet(x_t, t, context).sample, noise) + padding_loss
+            x_t, target, t = noisy(index.to(device))
+            context, text_loss = encode(data.captions(index, rng))
+            return F.mse_loss(unet(x_t, t, context).sample, target) + text_loss
 
         _loop("unet", args.work, {"unet": unet, "text_encoder": text_encoder},
               [*unet.parameters(), *text_encoder.parameters()], unet_loss, steps=args.steps, lr=args.lr or 5e-4,
@@ -246,12 +264,12 @@ def main(argv: list[str] | None = None) -> None:
 
         def controlnet_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
             index = batch_index(rng)
-            x_t, noise, t = noisy(index.to(device))
+            x_t, target, t = noisy(index.to(device))
             with torch.no_grad():
                 context = embed(data.captions(index, rng))
             down, mid = controlnet(x_t, t, context, controlnet_cond=data.edges[index].to(device), return_dict=False)
             pred = unet(x_t, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-            return F.mse_loss(pred, noise)
+            return F.mse_loss(pred, target)
 
         _loop("controlnet", args.work, {"controlnet": controlnet}, list(controlnet.parameters()), controlnet_loss,
               steps=args.steps, lr=args.lr or 3e-4, save_every=args.save_every)
@@ -261,12 +279,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def adapter_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
         index = batch_index(rng)
-        x_t, noise, t = noisy(index.to(device))
+        x_t, target, t = noisy(index.to(device))
         with torch.no_grad():
             context = embed(data.captions(index, rng))
         features = adapter(data.edges[index].to(device))
         pred = unet(x_t, t, context, down_intrablock_additional_residuals=[f.clone() for f in features]).sample
-        return F.mse_loss(pred, noise)
+        return F.mse_loss(pred, target)
 
     _loop("adapter", args.work, {"adapter": adapter}, list(adapter.parameters()), adapter_loss, steps=args.steps,
           lr=args.lr or 3e-4, save_every=args.save_every)
