@@ -90,8 +90,8 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
     with torch.no_grad():
         for i in reversed(range(steps)):
             tick()
-            eps = pipe.unet(z.to(dtype), timesteps[i], encoder_hidden_states=cond).sample.float()
-            z = _ddim(eps, z, alpha(i + 1), alpha(i), prediction)
+            out = pipe.unet(z.to(dtype), timesteps[i], encoder_hidden_states=cond).sample.float()
+            z = _ddim(out, z, alpha(i + 1), alpha(i), prediction)
             trajectory.insert(0, z)
 
     # 2. Null-text optimisation along the pivot trajectory
@@ -102,12 +102,12 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         tick()
         t = timesteps[i]
         with torch.no_grad():
-            eps_cond = pipe.unet(z.to(dtype), t, encoder_hidden_states=cond).sample.float()
+            out_cond = pipe.unet(z.to(dtype), t, encoder_hidden_states=cond).sample.float()
         null = null.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([null], lr=1e-2 * (1 - i / (2 * steps)))
         for j in range(inner_steps):
-            eps_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
-            z_prev = _ddim(eps_uncond + cfg * (eps_cond - eps_uncond), z, alpha(i), alpha(i + 1), prediction)
+            out_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
+            z_prev = _ddim(out_uncond + cfg * (out_cond - out_uncond), z, alpha(i), alpha(i + 1), prediction)
             loss = F.mse_loss(z_prev, trajectory[i + 1])
             if loss.item() < 1e-5 + 2e-5 * i:  # the paper's early stop: close enough to the pivot
                 break
@@ -117,8 +117,8 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         null = null.detach()
         nulls.append(null.to(dtype))
         with torch.no_grad():
-            eps_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
-            z = _ddim(eps_uncond + cfg * (eps_cond - eps_uncond), z, alpha(i), alpha(i + 1), prediction)
+            out_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
+            z = _ddim(out_uncond + cfg * (out_cond - out_uncond), z, alpha(i), alpha(i + 1), prediction)
 
     with torch.no_grad():
         reconstruction = to_images(decode_latents(pipe, z.to(dtype)))[0]
