@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import open_manager, parser
-from bench.generate import free
+from bench.common import free, open_manager, parser, sync
 from bench.sd15 import save_random_sd15
 from studio.classify import SCHEDULES, ClassifyParams, classify, plan, timesteps
 from studio.device import describe
+from studio.models import split_prediction
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -41,8 +41,10 @@ def plain_loop(pipe, image: Image.Image, params: ClassifyParams) -> int:
                     if (name, t) not in errors:
                         noise = torch.randn(z.shape, generator=torch.Generator("cpu").manual_seed(t)).to(device, dtype)
                         a = pipe.scheduler.alphas_cumprod[t].to(device, dtype)
-                        pred = pipe.unet(a.sqrt() * z + (1 - a).sqrt() * noise, t, encoder_hidden_states=context).sample
-                        errors[name, t] = torch.nn.functional.mse_loss(pred.float(), noise.float()).item()
+                        x_t = a.sqrt() * z + (1 - a).sqrt() * noise
+                        out = pipe.unet(x_t, t, encoder_hidden_states=context).sample
+                        eps = split_prediction(out, x_t, a, pipe.scheduler.config.prediction_type)[1]
+                        errors[name, t] = torch.nn.functional.mse_loss(eps.float(), noise.float()).item()
                         calls += 1
             remaining = sorted(remaining, key=lambda n: np.mean([errors[n, t] for t in ts]))[:keep]
     return calls
@@ -64,12 +66,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name, run in (("studio (batched)", lambda: classify(pipe, image, CLASSES, params).unet_calls),
                           ("plain loop", lambda: plain_loop(pipe, image, params))):
             run()  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             started = time.perf_counter()
             made = run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             seconds = time.perf_counter() - started
             assert made == calls, (name, made, calls)
             rows.append({"path": name, "seconds": seconds, "evals_per_s": calls / seconds})

@@ -1,7 +1,10 @@
-"""The arguments and model manager every benchmark starts from."""
+"""What every benchmark starts from (arguments, model manager) and times with (CUDA-aware clocks and memory)."""
 
 import argparse
+import gc
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,3 +27,37 @@ def parser(doc: str, **model: object) -> argparse.ArgumentParser:
 def open_manager(args: argparse.Namespace) -> tuple[torch.device, ModelManager]:
     device = pick_device(args.device)
     return device, ModelManager(str(device), cache_dir=args.workdir)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a clock read after it measures that work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    """Peak GPU memory since `reset_peak`, in GiB; NaN off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(run: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Seconds per call and peak memory in GiB (CUDA only), after one warm-up call."""
+    run()
+    reset_peak(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    sync(device)
+    return (time.perf_counter() - started) / repeats, peak_gib(device)

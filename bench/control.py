@@ -16,8 +16,7 @@ from diffusers import (ControlNetModel, StableDiffusionAdapterPipeline, StableDi
                        T2IAdapter)
 from PIL import Image
 
-from bench.common import open_manager, parser
-from bench.generate import free, measure
+from bench.common import free, measure, open_manager, parser
 from bench.sd15 import save_random_sd15
 from studio.control import ControlParams, ControlUnit, run_control
 from studio.device import describe

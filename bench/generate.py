@@ -8,40 +8,15 @@ Prints a table: seconds per image, UNet iterations per second and peak memory fo
 the other's weights unloaded, after one warm-up image.
 """
 
-import gc
-import time
-from collections.abc import Callable
-
 import torch
 from diffusers import StableDiffusionPipeline
 
-from bench.common import open_manager, parser
+from bench.common import free, measure, open_manager, parser
 from bench.sd15 import save_random_sd15
 from studio.device import describe, dtype_for
 from studio.generate import GenerateParams, make_scheduler, run_generate
 
 PROMPT = "a photograph of an astronaut riding a horse"
-
-
-def measure(run: Callable[[], None], device: torch.device, repeats: int) -> tuple[float, float]:
-    """Seconds per call and peak memory in GiB (CUDA only), after one warm-up call."""
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return (time.perf_counter() - started) / repeats, peak
-
-
-def free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

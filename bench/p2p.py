@@ -10,8 +10,7 @@ LocalBlend, and their ratio to the plain image (the goal on a GPU: ≤ 2.1x; an 
 
 import torch
 
-from bench.common import open_manager, parser
-from bench.generate import measure
+from bench.common import measure, open_manager, parser
 from bench.sd15 import save_random_sd15
 from studio.device import describe
 from studio.generate import GenerateParams, run_generate

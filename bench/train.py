@@ -10,6 +10,7 @@ text encoder, then one UNet forward and backward with the LoRA weights in fp32 u
 Goals on one GPU: ≤ 30 ms/step, a 500-step job ≤ 25 s end to end, ≤ 8 GiB.
 """
 
+import math
 import time
 
 import numpy as np
@@ -18,8 +19,7 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from PIL import Image
 
-from bench.common import open_manager, parser
-from bench.generate import free
+from bench.common import free, open_manager, parser, peak_gib, reset_peak, sync
 from bench.sd15 import save_random_sd15
 from studio.device import describe
 from studio.lora import remove_adapter
@@ -31,11 +31,6 @@ WARMUP = 5
 def subject(side: int) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(4)]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def plain_loop(pipe, images: list[Image.Image], steps: int, rank: int) -> list[float]:
@@ -86,10 +81,6 @@ def ms_per_step(stamps: list[float]) -> float:
     return 1000 * (timed[-1] - timed[0]) / (len(timed) - 1)
 
 
-def peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     p = parser(__doc__)
     p.add_argument("--steps", type=int, default=500, help="steps of the studio job (the plain loop runs 100 at most)")
@@ -113,8 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     params = TrainParams(instance_prompt="a photo of sks dog", class_prompt="a photo of dog", rank=args.rank,
                          alpha=args.rank, steps=args.steps, resolution=args.resolution, validate_every=0,
                          checkpoint_every=0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     started = time.perf_counter()
     train(manager, spec, folder, params, images, should_stop=stamp)
     total = time.perf_counter() - started
@@ -123,8 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # 2. The plain loop on the same (shared, now adapter-free) model
     free(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     with manager.lend(spec) as pipe:
         plain = plain_loop(pipe, images, min(args.steps, 100), args.rank)
     rows.append({"path": "plain peft loop", "ms_per_step": ms_per_step(plain), "peak_gib": peak_gib(device),
@@ -136,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"rank {args.rank} · {args.steps} steps · {describe(device)} · torch {torch.__version__}")
     print("| path | ms/step | peak GPU memory | whole job |\n|---|---|---|---|")
     for row in rows:
-        peak = f"{row['peak_gib']:.2f} GiB" if row["peak_gib"] is not None else "n/a (CPU)"
+        peak = "n/a (CPU)" if math.isnan(row["peak_gib"]) else f"{row['peak_gib']:.2f} GiB"
         job = f"{row['job_seconds']:.1f} s" if row["job_seconds"] is not None else "–"
         print(f"| {row['path']} | {row['ms_per_step']:.1f} | {peak} | {job} |")
     return rows

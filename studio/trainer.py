@@ -128,6 +128,9 @@ class TrainState:
     phase: str = "waiting"
     losses: list[tuple[int, float]] = field(default_factory=list)
     validation: list[tuple[int, str, Path]] = field(default_factory=list)  # (step, caption, PNG)
+    # The class prompt by the base model (step 0) and by the finished LoRA, same seeds: language drift (Ruiz et al.,
+    # Sec. 4.3) at a glance. Set when the job ends; empty when the class prompt is not a validation prompt.
+    drift: list[Path] = field(default_factory=list)
 
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -240,6 +243,10 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         # and after, same seeds)
         state.phase = "saving"
         _validate(manager, spec, folder, params, layers, name, params.steps, state)
+        if params.class_prompt in params.prompts():
+            p = params.prompts().index(params.class_prompt)
+            state.drift = [folder / "validation" / f"step-{step:06d}-p{p}-s{seed}.png"
+                           for step in (0, params.steps) for seed in range(VALIDATION_SEEDS)]
         with manager.gpu_lock:
             unet_state = get_peft_model_state_dict(unet, adapter_name=name)
             te_state = get_peft_model_state_dict(text_encoder, adapter_name=name) if params.train_text_encoder else {}

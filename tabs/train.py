@@ -187,8 +187,7 @@ class TrainTab:
         done = not job.running
         drift, downloads = [], None
         if done and state.phase == "done":
-            drift = [(str(p), p.stem) for p in sorted((job.folder / "validation").glob("*-p1-*.png"))
-                     if p.name.startswith((f"step-{0:06d}", f"step-{state.total:06d}"))]
+            drift = [(str(p), p.stem) for p in state.drift if p.exists()]
             downloads = [str(job.folder / WEIGHTS), str(job.folder / f"{name}_kohya.safetensors")]
         lora = gr.update(choices=library(self.root), value=name if state.phase == "done" else None)
         return status, loss, shown, drift, downloads, lora, gr.Timer(active=not done)

@@ -87,12 +87,20 @@ def test_training_stages_run_resume_and_export(tmp_path):
     main(["export", *common, "--out", str(tmp_path / "out")])
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "out" / "sd", use_safetensors=True, dtype=torch.float32)
     assert pipe("a red circle", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
     ControlNetModel.from_pretrained(tmp_path / "out" / "controlnet")
     T2IAdapter.from_pretrained(tmp_path / "out" / "t2i-adapter")
     # A fresh machine goes on from the shipped family: the step count continues from the export.
     fresh = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "fresh"), "--init", str(tmp_path / "out")]
     main(["unet", "--steps", "6", *fresh])
     assert len((tmp_path / "fresh" / "unet.csv").read_text().splitlines()) == 2  # steps 4 and 5 only
+    # Checkpoints from before the recipe recorded its prediction type were ε: export must not label them v.
+    checkpoint = tmp_path / "work" / "unet.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    del state["prediction_type"]
+    torch.save(state, checkpoint)
+    with pytest.raises(SystemExit, match="predicts epsilon"):
+        main(["export", *common, "--out", str(tmp_path / "stale")])
 
 
 @pytest.mark.slow

@@ -98,6 +98,19 @@ def test_kohya_keys():
     assert to_kohya(state)[f"{stem}.alpha"] == 4
 
 
+def test_language_drift_pairs_show_the_class_prompt_wherever_it_is_listed(manager, trained, tmp_path):
+    _, state = trained
+    assert [p.name for p in state.drift] == ["step-000000-p1-s0.png", "step-000000-p1-s1.png",
+                                             "step-000004-p1-s0.png", "step-000004-p1-s1.png"]
+    state = TrainState()
+    train(manager, "tiny", tmp_path / "j", params(steps=2, validation_prompts=["a dog", "a sks dog"]),
+          subject(), state=state)
+    assert [p.name[:14] for p in state.drift] == ["step-000000-p0"] * 2 + ["step-000002-p0"] * 2
+    state = TrainState()
+    train(manager, "tiny", tmp_path / "k", params(steps=2, validation_prompts=["a sks dog"]), subject(), state=state)
+    assert state.drift == []  # the class prompt is not drawn: nothing to compare
+
+
 def test_same_seed_same_lora(manager, tmp_path):
     for name in ("a", "b"):
         train(manager, "tiny", tmp_path / name, params(steps=2, crop="random"), subject())

@@ -35,7 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from studio.device import pick_device
 from studio.generate import make_scheduler
-from studio.shapes.world import BACKGROUNDS, COLOURS, PHRASE, SHAPES, SIZES, caption_for, sample_scene
+from studio.shapes.world import caption_for, sample_scene, vocabulary
 from studio.tiny import SD_SCHEDULER, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,11 +105,14 @@ def _resume(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.op
 
 def _loop(stage: str, work: Path, modules: dict[str, torch.nn.Module], params: list[torch.nn.Parameter],
           loss_fn: Callable[[int, np.random.Generator], torch.Tensor], *, steps: int, lr: float,
-          save_every: int) -> None:
-    """The shared loop: AdamW with warm-up, gradient clipping, CSV log, checkpoint and resume."""
+          save_every: int, recipe: dict | None = None) -> None:
+    """The shared loop: AdamW with warm-up, gradient clipping, CSV log, checkpoint and resume. `recipe` is saved in
+    the checkpoint for `export` to check."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     checkpoint = work / f"{stage}.pt"
     start = _resume(checkpoint, modules, optimizer)
+    for group in optimizer.param_groups:  # the rate asked for now wins over the resumed one (a cool-down stage)
+        group["lr"] = group["initial_lr"] = lr
     # Warm-up over the first 200 steps of the whole run, counted from `start` when resuming.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (start + s + 1) / 200))
     log = (work / f"{stage}.csv").open("a", newline="")
@@ -132,7 +135,7 @@ def _loop(stage: str, work: Path, modules: dict[str, torch.nn.Module], params: l
             log.flush()
         if (step + 1) % save_every == 0 or step + 1 == steps:
             state = {name: m.state_dict() for name, m in modules.items()}
-            torch.save({**state, "optimizer": optimizer.state_dict(), "step": step + 1}, checkpoint)
+            torch.save({**state, **(recipe or {}), "optimizer": optimizer.state_dict(), "step": step + 1}, checkpoint)
     log.close()
 
 
@@ -204,8 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     latents = raw * vae.config.scaling_factor
 
     # Every word a caption can hold, for the word loss below.
-    words = sorted(set(tokenizer(" ".join(["a and on background ,", *SHAPES, *COLOURS, *BACKGROUNDS, *SIZES,
-                                           *PHRASE.values()])).input_ids) - set(tokenizer("").input_ids))
+    words = sorted({i for caption in vocabulary() for i in tokenizer(caption).input_ids} - set(tokenizer("").input_ids))
     word_index = torch.full((len(tokenizer),), -100, device=device)  # token id -> class; -100: not a word
     word_index[words] = torch.arange(len(words), device=device)
 
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
         _loop("unet", args.work, {"unet": unet, "text_encoder": text_encoder},
               [*unet.parameters(), *text_encoder.parameters()], unet_loss, steps=args.steps, lr=args.lr or 5e-4,
-              save_every=args.save_every)
+              save_every=args.save_every, recipe={"prediction_type": SCHEDULER_CONFIG["prediction_type"]})
         return
 
     _load(args.work, "unet", {"unet": unet, "text_encoder": text_encoder})
@@ -315,6 +317,12 @@ def seed_from_export(folder: Path, work: Path) -> None:
 
 def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> None:
     """Write the trained stages in diffusers layout, fp16 safetensors: out/sd, out/controlnet, out/t2i-adapter."""
+    # The scheduler config written below must match what the UNet learned to predict. Checkpoints from before the
+    # key existed were ε-prediction.
+    trained = torch.load(work / "unet.pt", map_location="cpu", weights_only=True).get("prediction_type", "epsilon")
+    if trained != SCHEDULER_CONFIG["prediction_type"]:
+        raise SystemExit(f"{work / 'unet.pt'} predicts {trained}, this recipe {SCHEDULER_CONFIG['prediction_type']}: "
+                         "train it on with this recipe first, or export it with the commit that trained it.")
     _load(work, "vae", {"vae": vae})
     _load(work, "unet", {"unet": unet, "text_encoder": text_encoder})
     vae.register_to_config(scaling_factor=float((work / "scaling.txt").read_text()))

@@ -132,6 +132,15 @@ def caption_for(shapes: list[ShapeSpec], background: tuple[str, ...], rng: rando
     return text
 
 
+def vocabulary() -> list[str]:
+    """Full captions that together hold every word a caption can: each shape, colour, size, position phrase and
+    background once, and the template's own words ("a", "and", "on", ",") as `caption_for` writes them."""
+    backgrounds, colours, sizes = tuple(BACKGROUNDS), list(COLOURS), list(SIZES)
+    return [caption_for([ShapeSpec(SHAPES[i % len(SHAPES)], colours[i % len(colours)], position,
+                                   sizes[i % len(sizes)])], backgrounds)
+            for i, position in enumerate(POSITIONS)]
+
+
 def sample_scene(seed: int, *, side: int = 64, n_shapes: int | None = None, split: str = "train",
                  short_captions: bool = False) -> Scene:
     """The scene of `seed`. `split="train"` never uses a held-out triple; with `split="held_out"` the first shape is
