@@ -58,7 +58,8 @@ class P2PParams(Ranged):
     blend_threshold: float = ranged(0.3, 0.05, 0.95, 0.05, "LocalBlend: where a blend word's map exceeds this share "
                                                             "of its maximum, the edit may change the image.")
     steps: int = ranged(50, 5, 150, 1, "DDIM steps.")
-    cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance.")
+    cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance. Lower (about 3) keeps more of the "
+                                         "source's layout in a word swap.")
     seed: int = ranged(0, -1, MAX_SEED, 1, "-1 picks a random seed.")
     negative_prompt: str = ""
     width: int = 0  # 0: the model's native size

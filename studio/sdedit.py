@@ -34,7 +34,8 @@ class SDEditParams(Ranged):
     negative_prompt: str = ""
     t0: float = ranged(0.5, 0.05, 1.0, 0.01, "Noise level. Low keeps the guide (faithful); high follows the model.")
     steps: int = ranged(50, 5, 150, 1, "Steps of a full 0→1 schedule; SDEdit runs the last t0 fraction of them.")
-    cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance.")
+    cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance. Lower (about 3) keeps more of the guide's "
+                                         "colours at low t0.")
     eta: float = ranged(0.0, 0, 1, 0.05, "0: deterministic ODE (DDIM); 1: fresh noise each step, as the paper's SDE.")
     repeats: int = ranged(1, 1, 5, 1, "K in the paper: noise and denoise K times.")
     seed: int = ranged(0, -1, MAX_SEED, 1, "-1 picks a random seed.")
@@ -141,11 +142,11 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
                 raise Cancelled("SDEdit cancelled")
             with torch.no_grad():
                 model_in = torch.cat([x] * 2) if use_cfg else x
-                eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
+                pred = pipe.unet(model_in, t, encoder_hidden_states=context).sample  # ε or v: the scheduler knows
             if use_cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + params.cfg * (eps_cond - eps_uncond)
-            out = scheduler.step(eps, t, x, eta=params.eta, generator=generator)
+                pred_uncond, pred_cond = pred.chunk(2)
+                pred = pred_uncond + params.cfg * (pred_cond - pred_uncond)
+            out = scheduler.step(pred, t, x, eta=params.eta, generator=generator)
             x = out.prev_sample
             if m is not None:
                 # Algorithm 2: outside the mask, stay on the guide's own trajectory at the next noise level.

@@ -162,13 +162,15 @@ class ControlTab:
         return [m for m in self.models if self.ctx.manager.catalog.find(m)[0] == section]
 
     def _example(self) -> tuple[Image.Image | None, str, Image.Image | None]:
-        """A Shapes scene and its Canny map, so Generate works on the first click; other models start empty."""
+        """A Shapes scene and its Canny map, so Generate works on the first click; other models start empty. The
+        prompt leaves out where the shape is, so the edge map alone places it (Compare shows the difference)."""
         if "shapes" not in self.ctx.manager.resolve(self.ctx.model).name.lower():
             return None, "", None
-        from studio.shapes.world import sample_scene
+        from studio.shapes.world import PHRASE, sample_scene
 
         scene = sample_scene(20_003, side=self.size, split="held_out")
-        return scene.image, scene.caption, run_preprocessor("canny", scene.image, Knobs(detect_resolution=self.size))
+        caption = scene.caption.replace(f" {PHRASE[scene.shapes[0].position]}", "")
+        return scene.image, caption, run_preprocessor("canny", scene.image, Knobs(detect_resolution=self.size))
 
     # Wiring
     def _wire(self) -> None:

@@ -43,13 +43,16 @@ def test_strokes_become_the_prompted_shape_where_they_were_painted(shapes):
 
 def test_t0_trades_faithfulness_for_the_prompt(shapes):
     """Low t0 keeps the guide's colour; t0 = 1 forgets the guide and follows the prompt (here: blue). Measured with
-    "a blue circle" on the red blob: red in 6/6 seeds at t0 = 0.1, mixed at 0.2, green at 0.3 (red and blue meet
-    in latent space through green), blue in 6/6 from 0.5 on."""
+    "a blue circle" on the red blob at CFG 3: red in 6/6 seeds at t0 = 0.05, 4/6 at 0.1, green at 0.2 (red and blue
+    meet in latent space through green), blue in 6/6 from 0.3 on. At CFG 7.5 the guide's colour is already gone at
+    t0 = 0.05: near the end of the schedule this model's conditional prediction still leans towards the prompt, and
+    guidance multiplies that lean 7.5 times."""
     colours = {}
-    for t0 in (0.1, 1.0):
-        outs = [run_sdedit(shapes, stroke_guide(), SDEditParams("a blue circle", t0=t0, seed=s)).image for s in SEEDS]
+    for t0 in (0.05, 1.0):
+        outs = [run_sdedit(shapes, stroke_guide(), SDEditParams("a blue circle", t0=t0, cfg=3.0, seed=s)).image
+                for s in SEEDS]
         colours[t0] = [getattr(main_shape(o), "colour", None) for o in outs]
-    assert colours[0.1].count("red") >= 5, colours
+    assert colours[0.05].count("red") >= 5, colours
     assert colours[1.0].count("blue") >= 5, colours
 
 

@@ -1,7 +1,5 @@
-"""The shipped Shapes model, measured with the world's own detector (small CI sample, bars below the card's).
-
-The model is still in training (see models/shapes/README.md): colour and mostly shape class are learned, position
-is not yet. These tests hold what it does today, so a broken model, pipeline or tokenizer fails CI.
+"""The shipped Shapes model, measured with the world's own detector: the issue's evaluation on a small CI sample,
+with bars below the card's (models/shapes/README.md), so a broken model, pipeline, scheduler or tokenizer fails CI.
 """
 
 import pytest
@@ -13,13 +11,14 @@ from studio.shapes.evaluate import score_text
 pytestmark = pytest.mark.slow
 
 
-def test_held_out_single_shape_captions_get_their_colour(manager):
-    """A random model names the right colour about 1 time in 5 and the shape 1 in 6; the card measures 89% and 71%
-    on 80 captions."""
+def test_held_out_single_shape_captions_get_their_colour_shape_and_position(manager):
+    """Chance is about 1 in 5 for colour, 1 in 6 for shape and 1 in 9 for position. The card measures 99%, 87.5% and
+    100% on 200 captions (bars 90/85/80%); these 40 give 98%, 85% and 100% on CPU."""
     with manager.lend("shapes") as pipe:
         pipe.set_progress_bar_config(disable=True)
         score = score_text(pipe, 1, 40, GenerateParams(steps=20, width=64, height=64))
-    assert score.colour / score.n >= 0.7 and score.shape / score.n >= 0.45, score
+    rates = (score.colour / score.n, score.shape / score.n, score.position / score.n)
+    assert all(r >= bar for r, bar in zip(rates, (0.85, 0.75, 0.8))), score
 
 
 def test_the_words_are_the_only_place_the_prompt_reaches_the_unet(manager):

@@ -94,6 +94,10 @@ def test_training_stages_run_resume_and_export(tmp_path):
     fresh = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "fresh"), "--init", str(tmp_path / "out")]
     main(["unet", "--steps", "6", *fresh])
     assert len((tmp_path / "fresh" / "unet.csv").read_text().splitlines()) == 2  # steps 4 and 5 only
+    # ...and can re-export it untouched: the family's prediction type comes along with its weights.
+    main(["export", "--work", str(tmp_path / "seeded"), "--init", str(tmp_path / "out"),
+          "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "sd" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     # Checkpoints from before the recipe recorded its prediction type were ε: export must not label them v.
     checkpoint = tmp_path / "work" / "unet.pt"
     state = torch.load(checkpoint, weights_only=True)

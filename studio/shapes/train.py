@@ -302,6 +302,7 @@ def seed_from_export(folder: Path, work: Path) -> None:
     """Turn an exported family back into weight-only checkpoints at the step counts it records, so training goes on
     from a shipped model on a machine that never had the checkpoints. Stages already in `work` are left alone."""
     steps = json.loads((folder / "training.json").read_text())
+    scheduler = json.loads((folder / "sd/scheduler/scheduler_config.json").read_text())
     stages = {"vae": {"vae": (AutoencoderKL, "sd/vae")},
               "unet": {"unet": (UNet2DConditionModel, "sd/unet"), "text_encoder": (CLIPTextModel, "sd/text_encoder")},
               "controlnet": {"controlnet": (ControlNetModel, "controlnet")},
@@ -310,6 +311,8 @@ def seed_from_export(folder: Path, work: Path) -> None:
         if stage in steps and not (work / f"{stage}.pt").exists():
             state = {name: cls.from_pretrained(folder / sub, dtype=torch.float32).state_dict()
                      for name, (cls, sub) in parts.items()}
+            if stage == "unet":  # what `export` checks against the recipe
+                state["prediction_type"] = scheduler.get("prediction_type", "epsilon")
             torch.save({**state, "step": steps[stage]}, work / f"{stage}.pt")
     if not (work / "scaling.txt").exists():
         (work / "scaling.txt").write_text(str(steps["scaling_factor"]))

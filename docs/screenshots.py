@@ -1,0 +1,192 @@
+"""Regenerate the README screenshots (docs/*.png): each tab of the running app, with a result.
+
+Start the app with the built-in Shapes model, then run this script from the repository root:
+
+    python app.py --offline --port 7899 --outputs /tmp/studio-outputs &
+    python docs/screenshots.py                  # writes docs/{generate,sdedit,p2p,control,classify,train}.png
+    python docs/screenshots.py --out /tmp/shots --only p2p control
+
+Needs Debian's chromium (/usr/bin/chromium) and the `playwright` pip package (no `playwright install`).
+"""
+
+import argparse
+import math
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from playwright.sync_api import Locator, Page, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for studio.shapes.world (the Classify tab's example image)
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT = 120_000  # ms: the longest any result may take
+
+
+def shown(locator: Locator) -> Locator:
+    """The first visible match: hidden tabs hold components with the same labels."""
+    return locator.filter(visible=True).first
+
+
+def open_tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+    page.wait_for_timeout(500)
+
+
+def open_accordion(page: Page, title: str) -> None:
+    shown(page.get_by_role("button", name=title)).click()
+    page.wait_for_timeout(300)
+
+
+def field(page: Page, elem_id: str) -> Locator:
+    """The text or number box of the component with this elem_id."""
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input")
+
+
+def fill(box: Locator, value: str) -> None:
+    """Type a value into a text or number box and commit it."""
+    box = shown(box)
+    box.fill(value)
+    box.press("Tab" if box.evaluate("e => e.tagName") == "TEXTAREA" else "Enter")
+
+
+def set_number(page: Page, label: str, value: str) -> None:
+    """A number box, or a slider's own number box (Gradio labels it "number input for <label>")."""
+    box = shown(page.locator(f"input[type=number][aria-label='{label}'], "
+                             f"input[type=number][aria-label='number input for {label}']"))
+    box.fill(value)
+    box.press("Enter")
+
+
+def run(page: Page, button_id: str, *results: Locator) -> None:
+    """Click a run button and wait until every result is there."""
+    page.locator(f"#{button_id}").click()
+    for result in results:
+        result.wait_for(timeout=WAIT)
+
+
+def generate(page: Page) -> None:
+    open_tab(page, "Generate")
+    fill(field(page, "gen-prompt"), "a large blue star in the center, on a white background")
+    fill(field(page, "gen-seed"), "0")
+    run(page, "gen-run", page.get_by_text("Seed 0 ·"), page.locator("#gen-gallery img").first)
+
+
+def sdedit(page: Page) -> None:
+    open_tab(page, "SDEdit")
+    page.get_by_role("button", name="Blank white canvas").click()
+    editor = page.locator("#sdedit-editor")
+    page.wait_for_timeout(1000)
+    editor.get_by_role("button", name="Brush", exact=True).click()
+    # A filled red disk on the left of the 64x64 canvas: horizontal strokes of the default (red, 5 px) brush.
+    # The canvas is centred in the editor at the zoom it shows ("563%"); each mouse move costs a redraw, so few.
+    box = editor.locator("canvas").last.bounding_box()
+    zoom = float(editor.get_by_text(re.compile(r"^\d+%$")).inner_text().rstrip("%")) / 100
+
+    def at(x: float, y: float) -> tuple[float, float]:  # canvas pixel -> screen point
+        return box["x"] + box["width"] / 2 + (x - 32) * zoom, box["y"] + box["height"] / 2 + (y - 32) * zoom
+    for dy in range(-8, 9, 3):
+        half = math.sqrt(10 ** 2 - dy ** 2) - 2
+        page.mouse.move(*at(16 - half, 32 + dy))
+        page.mouse.down()
+        page.mouse.move(*at(16 + half, 32 + dy), steps=2)
+        page.mouse.up()
+    fill(field(page, "sdedit-prompt"), "a red circle on the left")
+    run(page, "sdedit-run", page.locator("#sdedit-output img"), page.get_by_text("→ timestep").first)
+
+
+def p2p(page: Page) -> None:
+    open_tab(page, "Prompt-to-Prompt")
+    fill(field(page, "p2p-source"), "a red circle")
+    fill(field(page, "p2p-target"), "a blue circle")
+    shown(page.get_by_label("replace")).check()
+    open_accordion(page, "Injection windows and LocalBlend")
+    fill(page.get_by_label("LocalBlend words"), "circle")
+    open_accordion(page, "More settings")  # guidance 3 keeps the layout on Shapes (models/shapes/README.md)
+    set_number(page, "Guidance (CFG)", "3")
+    set_number(page, "Seed", "3")
+    run(page, "p2p-run", page.locator("#p2p-edited-image img"), page.locator("#p2p-source-maps img").first,
+        page.get_by_text("seed 3 ·"))
+
+
+def control(page: Page) -> None:
+    open_tab(page, "ControlNet / T2I-Adapter")  # opens with a Shapes example: a green square and its Canny map
+    page.locator("#control-map-1 canvas").first.wait_for(timeout=WAIT)
+    run(page, "control-run", page.locator("#control-output img"), page.locator("#control-info").get_by_text("seed 0"))
+    # The fed-maps gallery is 160 px high and crops its one full-width thumbnail: open its preview instead.
+    maps = page.locator(".block").filter(has_text="The maps as the models saw them").last
+    maps.locator("button.thumbnail-item").first.click()
+    open_accordion(page, "Compare ControlNet and T2I-Adapter on condition 1")
+    page.get_by_role("button", name="Compare (same map, prompt and seed)").click()
+    page.get_by_text("Same map, prompt and seed").wait_for(timeout=WAIT)
+    page.locator("#control-compare img").nth(2).wait_for(timeout=WAIT)
+
+
+def classify(page: Page) -> None:
+    from studio.shapes.world import ShapeSpec, render
+
+    image, _ = render([ShapeSpec("diamond", "purple", "bottom right", "large")], ("gray",))
+    path = Path(tempfile.mkdtemp()) / "purple-diamond.png"
+    image.save(path)
+    open_tab(page, "Classify")
+    page.locator("#classify-image input[type=file]").set_input_files(str(path))
+    page.locator("#classify-image img").first.wait_for(timeout=WAIT)
+    run(page, "classify-run", page.get_by_text("Prediction:"),
+        page.locator("#classify-ranking canvas, #classify-ranking svg").first)
+
+
+def train(page: Page) -> None:
+    """The preset concept trained for 1,000 steps at seed 1 and learning rate 2e-3 (about three minutes on a CPU, with
+    a fresh --outputs folder), then tried with "a sks star"."""
+    open_tab(page, "Train a LoRA")
+    page.get_by_role("button", name="Use 5 renders").click()
+    page.locator("#train-files tr").nth(4).wait_for(timeout=WAIT)
+    page.locator("#train-settings").get_by_text("Settings").first.click()
+    set_number(page, "Steps", "1000")
+    set_number(page, "Seed", "1")  # the cross comes out in some training runs only (README, "Train a LoRA")
+    fill(shown(page.get_by_label("Learning rate")), "0.002")
+    run(page, "train-start")
+    page.locator("#train-status").get_by_text("· done ·").wait_for(timeout=5 * WAIT)
+    fill(shown(page.get_by_label("Prompt", exact=True)), "a sks star")
+    page.get_by_role("button", name="Generate with the LoRA").click()
+    samples = page.locator(".block").filter(has_text="With the LoRA (seeds 0–3)").last
+    samples.locator("img").nth(3).wait_for(timeout=WAIT)
+
+
+SHOTS: dict[str, Callable[[Page], None]] = {"generate": generate, "sdedit": sdedit, "p2p": p2p,
+                                             "control": control, "classify": classify, "train": train}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:7899", help="the running app")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs")
+    parser.add_argument("--only", nargs="+", choices=list(SHOTS), default=list(SHOTS), help="just these tabs")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        for name in args.only:
+            started = time.perf_counter()
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})  # a fresh session per tab
+            page.goto(args.url, wait_until="load")
+            page.wait_for_timeout(5000)  # Gradio renders after the load event
+            SHOTS[name](page)
+            page.wait_for_timeout(1500)  # let images decode and plots draw
+            toasts = page.locator("[data-testid='toast-body']")
+            if toasts.count():
+                print(f"  {name}: toast shown: {toasts.first.inner_text()!r}", file=sys.stderr)
+            page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+            page.close()
+            print(f"{args.out / name}.png  {time.perf_counter() - started:.1f} s")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
