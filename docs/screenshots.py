@@ -119,9 +119,6 @@ def control(page: Page) -> None:
     open_tab(page, "ControlNet / T2I-Adapter")  # opens with a Shapes example: a green square and its Canny map
     page.locator("#control-map-1 canvas").first.wait_for(timeout=WAIT)
     run(page, "control-run", page.locator("#control-output img"), page.locator("#control-info").get_by_text("seed 0"))
-    # The fed-maps gallery is 160 px high and crops its one full-width thumbnail: open its preview instead.
-    maps = page.locator(".block").filter(has_text="The maps as the models saw them").last
-    maps.locator("button.thumbnail-item").first.click()
     open_accordion(page, "Compare ControlNet and T2I-Adapter on condition 1")
     page.get_by_role("button", name="Compare (same map, prompt and seed)").click()
     page.get_by_text("Same map, prompt and seed").wait_for(timeout=WAIT)

@@ -94,8 +94,9 @@ class ControlTab:
                     self.output = gr.Image(label="Result", format="png", interactive=False, height=320,
                                            elem_id="control-output", elem_classes="studio-image")
                     self.info = gr.Markdown(elem_id="control-info")
+                    # Opens on the first map: a thumbnail row this short would crop a lone map, which fills it.
                     self.fed = gr.Gallery(label="The maps as the models saw them", columns=3, height=160,
-                                          format="png", object_fit="contain")
+                                          format="png", object_fit="contain", selected_index=0)
                     with gr.Accordion("Compare ControlNet and T2I-Adapter on condition 1", open=False):
                         with gr.Row():
                             self.compare_cn = gr.Dropdown(self._kind("controlnet"), label="ControlNet",
