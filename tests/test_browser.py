@@ -11,9 +11,7 @@ from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+from docs.screenshots import CHROMIUM, FLAGS  # noqa: E402  (needs playwright: after the skip)
 SCREENSHOTS = Path(os.environ.get("SCREENSHOTS", Path(__file__).parent.parent / "outputs" / "screenshots"))
 
 
