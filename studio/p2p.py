@@ -302,6 +302,10 @@ class P2PAttnProcessor:
     def __init__(self, controller: Controller):
         self.controller = controller
 
+    def self_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The fast kernel: self-attention injection swaps Q and K, so its probabilities are never materialised."""
+        return F.scaled_dot_product_attention(query, key, value)
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **_) -> torch.Tensor:
         residual = hidden_states
@@ -326,7 +330,7 @@ class P2PAttnProcessor:
             out = self.controller.cross(probs) @ value
         else:
             query, key = self.controller.self_rows(query, key, max(self.controller.side(n)))
-            out = F.scaled_dot_product_attention(query, key, value)
+            out = self.self_attention(query, key, value)
         out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(b, n, attn.heads * head_dim)))
         if spatial:
             out = out.transpose(-1, -2).reshape(batch, channel, height, width)

@@ -1,5 +1,7 @@
 """The benchmark scripts run end to end (on the tiny model here; their real numbers come from a GPU)."""
 
+import numpy as np
+
 from bench.generate import main
 
 
@@ -23,8 +25,21 @@ def test_p2p_benchmark_times_plain_and_edits(tmp_path):
 
     table = p2p_bench(["--model", "tiny", "--device", "cpu", "--steps", "3", "--repeats", "1", "--workdir",
                        str(tmp_path)])
-    assert [row["path"] for row in table] == ["plain image", "replace edit", "replace + LocalBlend"]
+    assert [row["path"] for row in table] == ["plain image", "replace edit", "replace + LocalBlend",
+                                              "replace edit, classic attention"]
     assert table[0]["ratio"] == 1
+
+
+def test_the_classic_attention_baseline_draws_the_same_edit(manager):
+    """The baseline row times the same computation, only with self-attention materialised."""
+    from bench.p2p import SOURCE, TARGET, classic_edit
+    from studio.p2p import P2PParams, run_p2p
+
+    params = P2PParams(SOURCE, TARGET, steps=3)
+    with manager.lend("tiny") as pipe:
+        fast, classic = run_p2p(pipe, params), classic_edit(pipe, params)
+    diff = np.abs(np.asarray(fast.edited, float) - np.asarray(classic.edited, float))
+    assert diff.max() <= 2, diff.max()
 
 
 def test_control_benchmark_times_plain_controlnet_and_adapter(tmp_path):
