@@ -71,7 +71,6 @@ def test_detector_finds_nothing_on_a_blank_image_and_survives_noise():
     assert (best.colour, best.shape, best.position) == (spec.colour, spec.shape, spec.position)
 
 
-@pytest.mark.slow
 def test_a_decoy_changes_every_colour_word_and_nothing_else():
     from studio.shapes.train import recolour
 
@@ -82,6 +81,7 @@ def test_a_decoy_changes_every_colour_word_and_nothing_else():
     assert all(b in COLOURS and b != a for a, b in pairs), decoy
 
 
+@pytest.mark.slow
 def test_training_stages_run_resume_and_export(tmp_path):
     """Every stage of the training script, a few steps each, on a few scenes: resumable, exportable, loadable."""
     from diffusers import ControlNetModel, StableDiffusionPipeline, T2IAdapter
