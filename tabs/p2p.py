@@ -1,8 +1,10 @@
 """Prompt-to-Prompt tab: edit a generated image by editing its prompt; per-word weights; attention explorer."""
 
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import yaml
 from PIL import Image
 
 from studio.inversion import invert, inversion_key
@@ -15,6 +17,7 @@ EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edi
            "**refine** adds words, **reweight** turns a word's attention up or down (the sliders work with every "
            "edit). **LocalBlend** keeps the edit inside where the chosen words attend.")
 MAX_WEIGHT_WORDS = 12
+EXAMPLES = Path(__file__).parent.parent / "presets" / "p2p.yaml"
 
 
 def heat(values: np.ndarray, size: int) -> Image.Image:
@@ -42,15 +45,19 @@ class P2PTab:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
+        examples = yaml.safe_load(EXAMPLES.read_text())
+        examples = examples.get(ctx.model, examples["default"])
+        labels, examples = [row[0] for row in examples], [row[1:] for row in examples]
+        source, target, edit, blend, cfg, seed = examples[0]  # the tab opens with the model's first example
         with gr.Tab(self.LABEL, id=self.TAB_ID):
             gr.Markdown(EXPLAIN)
             self.result = gr.State(None)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    self.source_prompt = gr.Textbox("a red circle", label="Source prompt", elem_id="p2p-source")
-                    self.target_prompt = gr.Textbox("a blue circle", label="Edited prompt", elem_id="p2p-target",
+                    self.source_prompt = gr.Textbox(source, label="Source prompt", elem_id="p2p-source")
+                    self.target_prompt = gr.Textbox(target, label="Edited prompt", elem_id="p2p-target",
                                                     info="Reweight alone may leave this empty.")
-                    self.edit = gr.Radio(list(EDITS), value="replace", label="Edit")
+                    self.edit = gr.Radio(list(EDITS), value=edit, label="Edit")
                     with gr.Accordion("Edit a real image (DDIM + null-text inversion)", open=False):
                         self.real = gr.Image(label="Real image (the source prompt must describe it)", type="pil",
                                              height=200, elem_id="p2p-real")
@@ -59,7 +66,7 @@ class P2PTab:
                         self.inversion = gr.State(None)
                     gr.Markdown("**Attention weight per word of the edited prompt** (1 = unchanged)")
                     with gr.Row():
-                        words = self.words("a blue circle", "")
+                        words = self.words(target, source)
                         self.weights = [gr.Slider(-1, 4, value=1, step=0.1, min_width=90, visible=i < len(words),
                                                   label=words[i] if i < len(words) else "")
                                         for i in range(MAX_WEIGHT_WORDS)]
@@ -73,7 +80,7 @@ class P2PTab:
                                                        "words use the window above.")
                         self.self_end = slider(P2PParams, "self_end", "Self-attention until")
                         self.blend_words = gr.Textbox(label="LocalBlend words (space-separated; empty = off)",
-                                                      placeholder="circle")
+                                                      value=blend, placeholder="circle")
                         with gr.Row():
                             self.blend_threshold = slider(P2PParams, "blend_threshold", "LocalBlend threshold")
                             self.blend_levels = gr.CheckboxGroup(
@@ -83,11 +90,14 @@ class P2PTab:
                                 "UNet's coarsest block level (16×16 for SD, 8×8 for Shapes)")
                     with gr.Accordion("More settings", open=False):
                         self.steps = slider(P2PParams, "steps", "Steps")
-                        self.cfg = slider(P2PParams, "cfg", "Guidance (CFG)")
-                        self.seed = gr.Number(0, label="Seed", precision=0, info=P2PParams.meta("seed")["help"])
+                        self.cfg = slider(P2PParams, "cfg", "Guidance (CFG)", value=cfg)
+                        self.seed = gr.Number(seed, label="Seed", precision=0, info=P2PParams.meta("seed")["help"])
                     with gr.Row():
                         self.run = gr.Button("Edit", variant="primary", elem_id="p2p-run")
                         self.stop = gr.Button("Cancel", variant="stop")
+                    gr.Examples(examples, [self.source_prompt, self.target_prompt, self.edit, self.blend_words,
+                                           self.cfg, self.seed], label="Examples (click one, then Edit)",
+                                example_labels=labels)
                 with gr.Column(scale=1):
                     with gr.Row():
                         self.source = gr.Image(label="Source", format="png", interactive=False, height=280,

@@ -123,6 +123,8 @@ def test_upload_an_image_and_classify_it(page, app_url, tmp_path):
 def test_edit_a_prompt_see_word_sliders_and_attention_maps(page, app_url):
     page.goto(app_url)
     page.get_by_role("tab", name="Prompt-to-Prompt").click()
+    page.get_by_text("+ in winter (refine)").first.click()  # an example fills the prompts
+    page.get_by_label("winter").first.wait_for(timeout=10_000)  # and the word sliders follow
     page.locator("#p2p-target textarea, #p2p-target input").first.fill("a green circle today")
     page.locator("#p2p-source textarea, #p2p-source input").first.fill("a red circle today")
     page.get_by_label("today").first.wait_for(timeout=10_000)  # a weight slider per word of the edited prompt
