@@ -219,7 +219,8 @@ class Controller:
         for word in params.blend_words:
             found_s, found_t = word_positions(tokenizer, src, word), word_positions(tokenizer, tgt, word)
             if not found_s and not found_t:
-                raise ValueError(f"LocalBlend word “{word}” is in neither prompt.")
+                raise ValueError(f"LocalBlend word “{word}” is in neither prompt: change or clear the LocalBlend "
+                                 "words.")
             self.blend[0, found_s] = 1
             self.blend[1, found_t] = 1
         self.blend_from = int(BLEND_START * steps)

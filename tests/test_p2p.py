@@ -78,7 +78,7 @@ def test_refine_aligns_the_shared_tokens_and_marks_new_ones():
     (dict(target_prompt="a blue circle"), "one for one"),
     (dict(edit="reweight", weights={}), "at least one word"),
     (dict(weights={"green": 2.0}), "not a word of the target"),
-    (dict(blend_words=["square"]), "in neither prompt"),
+    (dict(blend_words=["square"]), "in neither prompt: change or clear the LocalBlend words"),
     (dict(blend_words=["circle"], blend_levels=[3]), "1/1, 1/2, 1/4 or 1/8"),
     (dict(cross_start=0.9, cross_end=0.2), "start ≤ end"),
     (dict(edit="swap"), "Unknown edit"),
