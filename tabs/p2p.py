@@ -67,6 +67,7 @@ class P2PTab:
                     gr.Markdown("**Attention weight per word of the edited prompt** (1 = unchanged)")
                     with gr.Row():
                         words = self.words(target, source)
+                        self.weighted = gr.State(words)  # the words the sliders stand for, in order
                         self.weights = [gr.Slider(-1, 4, value=1, step=0.1, min_width=90, visible=i < len(words),
                                                   label=words[i] if i < len(words) else "")
                                         for i in range(MAX_WEIGHT_WORDS)]
@@ -95,8 +96,10 @@ class P2PTab:
                     with gr.Row():
                         self.run = gr.Button("Edit", variant="primary", elem_id="p2p-run")
                         self.stop = gr.Button("Cancel", variant="stop")
-                    gr.Examples(examples, [self.source_prompt, self.target_prompt, self.edit, self.blend_words,
-                                           self.cfg, self.seed], label="Examples (click one, then Edit)",
+                    # An example also sets every weight back to 1, so the edit is the one it names.
+                    gr.Examples([[*row, *[1] * MAX_WEIGHT_WORDS] for row in examples],
+                                [self.source_prompt, self.target_prompt, self.edit, self.blend_words, self.cfg,
+                                 self.seed, *self.weights], label="Examples (click one, then Edit)",
                                 example_labels=labels)
                 with gr.Column(scale=1):
                     with gr.Row():
@@ -123,10 +126,9 @@ class P2PTab:
     def _wire(self) -> None:
         # One slider per word of the edited prompt: a fixed set, relabelled and shown as the prompt changes, so the
         # event (and its API) stays the same whatever the prompt.
-        self.target_prompt.change(self.relabel, [self.target_prompt, self.source_prompt], self.weights,
-                                  api_name=False, queue=False)
-        self.source_prompt.change(self.relabel, [self.target_prompt, self.source_prompt], self.weights,
-                                  api_name=False, queue=False)
+        for prompt in (self.target_prompt, self.source_prompt):
+            prompt.change(self.relabel, [self.target_prompt, self.source_prompt, self.weighted, *self.weights],
+                          [self.weighted, *self.weights], api_name=False, queue=False)
         inputs = [self.source_prompt, self.target_prompt, self.edit, self.cross_start, self.cross_end,
                   self.word_windows, self.self_end, self.blend_words, self.blend_threshold, self.blend_levels,
                   self.steps, self.cfg, self.seed, self.real, self.inversion, *self.weights]
@@ -143,10 +145,14 @@ class P2PTab:
     def words(target: str, source: str) -> list[str]:
         return list(dict.fromkeys((target or source or "").split()))[:MAX_WEIGHT_WORDS]
 
-    def relabel(self, target: str, source: str):
-        words = self.words(target, source)
-        return [gr.update(label=words[i], visible=True, value=1) if i < len(words) else gr.update(visible=False)
-                for i in range(MAX_WEIGHT_WORDS)]
+    @classmethod
+    def relabel(cls, target: str, source: str, before: list[str], *values: float) -> list:
+        """Sliders for the words of the prompt as typed; a word still there keeps its weight, so typing another word
+        does not reset the ones already set."""
+        kept = dict(zip(before or [], values))
+        words = cls.words(target, source)
+        return [words, *(gr.update(label=words[i], visible=True, value=kept.get(words[i], 1)) if i < len(words)
+                         else gr.update(visible=False) for i in range(MAX_WEIGHT_WORDS))]
 
     @user_errors
     def p2p(self, source, target, edit, cross_start, cross_end, word_windows, self_end, blend_words, blend_threshold,

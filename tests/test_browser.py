@@ -11,7 +11,7 @@ from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright = pytest.importorskip("playwright.sync_api")
-from docs.screenshots import CHROMIUM, FLAGS  # noqa: E402  (needs playwright: after the skip)
+from docs.screenshots import CHROMIUM, FLAGS, set_number  # noqa: E402  (needs playwright: after the skip)
 SCREENSHOTS = Path(os.environ.get("SCREENSHOTS", Path(__file__).parent.parent / "outputs" / "screenshots"))
 
 
@@ -126,10 +126,12 @@ def test_edit_a_prompt_see_word_sliders_and_attention_maps(page, app_url):
     page.get_by_text("+ in winter (refine)").first.click()  # an example fills the prompts
     page.get_by_label("winter").first.wait_for(timeout=10_000)  # and the word sliders follow
     page.locator("#p2p-target textarea, #p2p-target input").first.fill("a green circle today")
-    page.locator("#p2p-source textarea, #p2p-source input").first.fill("a red circle today")
     page.get_by_label("today").first.wait_for(timeout=10_000)  # a weight slider per word of the edited prompt
+    set_number(page, "green", "2")
+    page.locator("#p2p-source textarea, #p2p-source input").first.fill("a red circle today")
     page.locator("#p2p-run").click()
     page.locator("#p2p-edited-image img").wait_for(timeout=60_000)
+    page.get_by_text("weights: green ×2").wait_for()  # typing the source prompt kept the weight
     page.locator("#p2p-source-maps img").first.wait_for(timeout=30_000)
     page.get_by_label("green").first.wait_for()
     shot(page, "p2p")

@@ -41,3 +41,13 @@ def test_a_real_image_is_inverted_and_the_psnr_shown(client, tmp_path):
     Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "real.png")
     info = edit(client, real=handle_file(str(tmp_path / "real.png")))[2]
     assert "reconstruction PSNR" in info and "DDIM inversion alone" in info
+
+
+def test_typing_in_the_prompt_keeps_the_weights_of_words_still_there():
+    from tabs.p2p import MAX_WEIGHT_WORDS, P2PTab
+
+    before = ["a", "blue", "circle"]
+    words, *sliders = P2PTab.relabel("a big blue circle", "", before, 1.0, 2.0, 0.5, *[1.0] * 9)
+    assert words == ["a", "big", "blue", "circle"] and len(sliders) == MAX_WEIGHT_WORDS
+    assert [(s["label"], s["value"]) for s in sliders[:4]] == [("a", 1), ("big", 1), ("blue", 2.0), ("circle", 0.5)]
+    assert not any(s["visible"] for s in sliders[4:])
