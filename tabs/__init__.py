@@ -8,11 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import yaml
 
 from studio.jobs import Cancelled, CancelFlags
 from studio.models import ModelManager, ModelUnavailable
 
 GPU = "gpu"  # every event that runs a model shares this concurrency id: one job on the GPU at a time
+PRESETS = Path(__file__).parent.parent / "presets"
+
+
+def model_examples(tab: str, model: str) -> list[list]:
+    """A tab's example rows for this model from presets/<tab>.yaml (its `default` rows for other models)."""
+    examples = yaml.safe_load((PRESETS / f"{tab}.yaml").read_text())
+    return examples.get(model, examples["default"])
 
 
 @dataclass

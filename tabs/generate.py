@@ -2,15 +2,12 @@
 
 import time
 from dataclasses import asdict, fields
-from pathlib import Path
 
 import gradio as gr
-import yaml
 
 from studio.generate import SCHEDULERS, GenerateParams, read_png_params, run_generate, save_png
-from tabs import GPU, SendTarget, StudioContext, slider, user_errors
+from tabs import GPU, SendTarget, StudioContext, model_examples, slider, user_errors
 
-EXAMPLES = Path(__file__).parent.parent / "presets" / "generate.yaml"
 FIELDS = [f.name for f in fields(GenerateParams)]
 
 
@@ -58,8 +55,7 @@ class GenerateTab:
                                              for tab_id, label in ctx.send_to.items()}
                     with gr.Accordion("Restore parameters from a studio PNG", open=False):
                         self.restore = gr.File(label="Drop a PNG made here", file_types=[".png"])
-            examples = yaml.safe_load(EXAMPLES.read_text())
-            gr.Examples(examples.get(ctx.model, examples["default"]), inputs=[self.prompt, self.negative_prompt],
+            gr.Examples(model_examples("generate", ctx.model), inputs=[self.prompt, self.negative_prompt],
                         label="Examples")
             # Inside the Tab: a component left directly in gr.Tabs makes Gradio draw the next tab's header twice.
             self.last = gr.State([])  # metadata of the images in the gallery

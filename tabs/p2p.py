@@ -1,15 +1,13 @@
 """Prompt-to-Prompt tab: edit a generated image by editing its prompt; per-word weights; attention explorer."""
 
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import yaml
 from PIL import Image
 
 from studio.inversion import invert, inversion_key
 from studio.p2p import EDITS, P2PParams, P2PResult, run_p2p
-from tabs import GPU, SendTarget, StudioContext, slider, user_errors
+from tabs import GPU, SendTarget, StudioContext, model_examples, slider, user_errors
 
 EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edited prompt are drawn together from "
            "the same noise; for the first part of the schedule the edit reuses the source's cross-attention maps, so "
@@ -17,7 +15,6 @@ EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edi
            "**refine** adds words, **reweight** turns a word's attention up or down (the sliders work with every "
            "edit). **LocalBlend** keeps the edit inside where the chosen words attend.")
 MAX_WEIGHT_WORDS = 12
-EXAMPLES = Path(__file__).parent.parent / "presets" / "p2p.yaml"
 
 
 def heat(values: np.ndarray, size: int) -> Image.Image:
@@ -45,8 +42,7 @@ class P2PTab:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
-        examples = yaml.safe_load(EXAMPLES.read_text())
-        examples = examples.get(ctx.model, examples["default"])
+        examples = model_examples("p2p", ctx.model)
         labels, examples = [row[0] for row in examples], [row[1:] for row in examples]
         source, target, edit, blend, cfg, seed = examples[0]  # the tab opens with the model's first example
         with gr.Tab(self.LABEL, id=self.TAB_ID):

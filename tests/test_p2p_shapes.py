@@ -8,8 +8,6 @@ and CFG 7.5 amplifies the new colour word's values enough to move the circle in 
 "circle" token, which sees "red" through CLIP's causal mask, carries the colour as well).
 """
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -20,9 +18,9 @@ from studio.inversion import invert
 from studio.p2p import P2PParams, run_p2p
 from studio.shapes.detect import detect, iou
 from studio.shapes.world import COLOURS, SHAPES, sample_scene
+from tabs import PRESETS
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).parent.parent / "presets" / "p2p.yaml"
 SEEDS = range(8)
 CFG = 3.0
 
@@ -125,7 +123,7 @@ def test_the_tabs_shapes_examples_do_what_they_show(manager):
     """Each example the tab offers on Shapes (presets/p2p.yaml, with its own guidance and seed) draws the edited
     prompt's colour and shape where the source had its shape, and changes the picture."""
     with manager.lend("shapes") as pipe:
-        for _, source, target, edit, blend, cfg, seed in yaml.safe_load(EXAMPLES.read_text())["shapes"]:
+        for _, source, target, edit, blend, cfg, seed in yaml.safe_load((PRESETS / "p2p.yaml").read_text())["shapes"]:
             result = run_p2p(pipe, P2PParams(source, target, edit, blend_words=blend.split(), cfg=cfg, seed=seed))
             before, after = main_shape(result.source), main_shape(result.edited)
             colour, shape = (next(w for w in target.split() if w in names) for names in (COLOURS, SHAPES))
