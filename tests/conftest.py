@@ -1,9 +1,11 @@
 """Shared fixtures: one tiny model family per test session, a model manager over it, and the live app."""
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from studio.models import ModelManager
 
@@ -19,6 +21,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for noise in ("Overwriting tiny_vit", "Importing from timm", "The module 'mediapipe'", "`torch.jit.script`",
                   "Please import `gaussian_filter`", "Mapping deprecated model name"):
         config.addinivalue_line("filterwarnings", f"ignore:{noise}")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+    if workers > 1:
+        # Workers (pytest -n) split the cores between them: OpenMP threads spinning on a core another worker holds
+        # make every small op wait, so two workers on two cores take one thread each.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")
