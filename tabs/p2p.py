@@ -15,6 +15,7 @@ EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edi
            "**refine** adds words, **reweight** turns a word's attention up or down (the sliders work with every "
            "edit). **LocalBlend** keeps the edit inside where the chosen words attend.")
 MAX_WEIGHT_WORDS = 12
+WEIGHT_RANGE = (-1, 10)  # the paper's notebook turns "smiling" up 5x and "cloudy" up to 20x; -1 inverts a word
 
 
 def heat(values: np.ndarray, size: int) -> Image.Image:
@@ -43,8 +44,10 @@ class P2PTab:
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
         examples = model_examples("p2p", ctx.model)
-        labels, examples = [row[0] for row in examples], [row[1:] for row in examples]
-        source, target, edit, blend, cfg, seed = examples[0]  # the tab opens with the model's first example
+        labels, examples = [row[0] for row in examples], [self.example(*row[1:]) for row in examples]
+        # The tab opens with the model's first example.
+        source, target, edit, blend, cfg, seed, words, *values = examples[0]
+        words = words.split()
         with gr.Tab(self.LABEL, id=self.TAB_ID):
             gr.Markdown(EXPLAIN)
             self.result = gr.State(None)
@@ -62,10 +65,11 @@ class P2PTab:
                         self.inversion = gr.State(None)
                     gr.Markdown("**Attention weight per word of the edited prompt** (1 = unchanged)")
                     with gr.Row():
-                        words = self.words(target, source)
-                        self.weighted = gr.State(words)  # the words the sliders stand for, in order
-                        self.weights = [gr.Slider(-1, 4, value=1, step=0.1, min_width=90, visible=i < len(words),
-                                                  label=words[i] if i < len(words) else "")
+                        # The words the sliders stand for, in order: a hidden component rather than State, so that
+                        # an example sets it together with the slider values.
+                        self.weighted = gr.Textbox(" ".join(words), visible=False)
+                        self.weights = [gr.Slider(*WEIGHT_RANGE, value=values[i], step=0.1, min_width=90,
+                                                  visible=i < len(words), label=words[i] if i < len(words) else "")
                                         for i in range(MAX_WEIGHT_WORDS)]
                     with gr.Accordion("Injection windows and LocalBlend", open=False):
                         with gr.Row():
@@ -92,11 +96,10 @@ class P2PTab:
                     with gr.Row():
                         self.run = gr.Button("Edit", variant="primary", elem_id="p2p-run")
                         self.stop = gr.Button("Cancel", variant="stop")
-                    # An example also sets every weight back to 1, so the edit is the one it names.
-                    gr.Examples([[*row, *[1] * MAX_WEIGHT_WORDS] for row in examples],
-                                [self.source_prompt, self.target_prompt, self.edit, self.blend_words, self.cfg,
-                                 self.seed, *self.weights], label="Examples (click one, then Edit)",
-                                example_labels=labels)
+                    # An example sets every weight (1 unless it names one), so the edit is the one it shows.
+                    gr.Examples(examples, [self.source_prompt, self.target_prompt, self.edit, self.blend_words,
+                                           self.cfg, self.seed, self.weighted, *self.weights],
+                                label="Examples (click one, then Edit)", example_labels=labels)
                 with gr.Column(scale=1):
                     with gr.Row():
                         self.source = gr.Image(label="Source", format="png", interactive=False, height=280,
@@ -142,18 +145,28 @@ class P2PTab:
         return list(dict.fromkeys((target or source or "").split()))[:MAX_WEIGHT_WORDS]
 
     @classmethod
-    def relabel(cls, target: str, source: str, before: list[str], *values: float) -> list:
+    def example(cls, source: str, target: str, edit: str, blend: str, cfg: float, seed: int,
+                weights: dict[str, float] | None = None) -> list:
+        """A presets/p2p.yaml row as the values of the example's inputs: the settings, the words the sliders stand
+        for, and one weight per slider (1 unless the row names the word)."""
+        words = cls.words(target, source)
+        values = [(weights or {}).get(word, 1) for word in words]
+        return [source, target, edit, blend, cfg, seed, " ".join(words), *values,
+                *[1] * (MAX_WEIGHT_WORDS - len(words))]
+
+    @classmethod
+    def relabel(cls, target: str, source: str, before: str, *values: float) -> list:
         """Sliders for the words of the prompt as typed; a word still there keeps its weight, so typing another word
         does not reset the ones already set."""
-        kept = dict(zip(before or [], values))
+        kept = dict(zip((before or "").split(), values))
         words = cls.words(target, source)
-        return [words, *(gr.update(label=words[i], visible=True, value=kept.get(words[i], 1)) if i < len(words)
-                         else gr.update(visible=False) for i in range(MAX_WEIGHT_WORDS))]
+        return [" ".join(words), *(gr.update(label=words[i], visible=True, value=kept.get(words[i], 1))
+                                   if i < len(words) else gr.update(visible=False) for i in range(MAX_WEIGHT_WORDS))]
 
     @user_errors
     def p2p(self, source, target, edit, cross_start, cross_end, word_windows, self_end, blend_words, blend_threshold,
-            blend_levels, steps, cfg, seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, request: gr.Request,
-            progress=gr.Progress()):
+            blend_levels, steps, cfg, seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11,
+            request: gr.Request, progress=gr.Progress()):
         # Named slider parameters, not *weights: Gradio injects `request` and `progress` only into fixed signatures.
         weights = dict(zip(self.words(target, source), (w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11)))
         params = P2PParams(source or "", target or "", edit, {w: float(v) for w, v in weights.items() if v != 1},

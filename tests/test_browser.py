@@ -123,6 +123,9 @@ def test_upload_an_image_and_classify_it(page, app_url, tmp_path):
 def test_edit_a_prompt_see_word_sliders_and_attention_maps(page, app_url):
     page.goto(app_url)
     page.get_by_role("tab", name="Prompt-to-Prompt").click()
+    page.get_by_text("smiling ×5 (reweight)").first.click()  # an example sets the weight it names on its word
+    page.locator("#p2p-run").click()
+    page.get_by_text("weights: smiling ×5").wait_for(timeout=60_000)
     page.get_by_text("+ in winter (refine)").first.click()  # an example fills the prompts
     page.get_by_label("winter").first.wait_for(timeout=10_000)  # and the word sliders follow
     page.locator("#p2p-target textarea, #p2p-target input").first.fill("a green circle today")

@@ -46,8 +46,20 @@ def test_a_real_image_is_inverted_and_the_psnr_shown(client, tmp_path):
 def test_typing_in_the_prompt_keeps_the_weights_of_words_still_there():
     from tabs.p2p import MAX_WEIGHT_WORDS, P2PTab
 
-    before = ["a", "blue", "circle"]
-    words, *sliders = P2PTab.relabel("a big blue circle", "", before, 1.0, 2.0, 0.5, *[1.0] * 9)
-    assert words == ["a", "big", "blue", "circle"] and len(sliders) == MAX_WEIGHT_WORDS
+    words, *sliders = P2PTab.relabel("a big blue circle", "", "a blue circle", 1.0, 2.0, 0.5, *[1.0] * 9)
+    assert words == "a big blue circle" and len(sliders) == MAX_WEIGHT_WORDS
     assert [(s["label"], s["value"]) for s in sliders[:4]] == [("a", 1), ("big", 1), ("blue", 2.0), ("circle", 0.5)]
     assert not any(s["visible"] for s in sliders[4:])
+
+
+def test_examples_set_the_weights_they_name_on_their_words():
+    import yaml
+
+    from tabs import PRESETS
+    from tabs.p2p import MAX_WEIGHT_WORDS, P2PTab
+
+    row = P2PTab.example("a smiling bunny doll", "a smiling bunny doll", "reweight", "", 7.5, 0, {"smiling": 5})
+    assert row[6] == "a smiling bunny doll" and row[7:] == [1, 5, 1, 1] + [1] * (MAX_WEIGHT_WORDS - 4)
+    for model, rows in yaml.safe_load((PRESETS / "p2p.yaml").read_text()).items():
+        for label, source, target, *_, weights in (row for row in rows if len(row) == 8):
+            assert set(weights) <= set(P2PTab.words(target, source)), (model, label)  # a typo would weigh nothing
