@@ -124,6 +124,7 @@ def test_edit_a_prompt_see_word_sliders_and_attention_maps(page, app_url):
     page.goto(app_url)
     page.get_by_role("tab", name="Prompt-to-Prompt").click()
     page.get_by_text("smiling ×5 (reweight)").first.click()  # an example sets the weight it names on its word
+    playwright.expect(page.locator("input[type=number][aria-label='number input for smiling']")).to_have_value("5")
     page.locator("#p2p-run").click()
     page.get_by_text("weights: smiling ×5").wait_for(timeout=60_000)
     page.get_by_text("+ in winter (refine)").first.click()  # an example fills the prompts
