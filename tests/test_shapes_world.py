@@ -104,7 +104,8 @@ def test_training_stages_run_resume_and_export(tmp_path):
     fresh = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "fresh"), "--init", str(tmp_path / "out")]
     main(["unet", "--steps", "6", *fresh])
     assert len((tmp_path / "fresh" / "unet.csv").read_text().splitlines()) == 2  # steps 4 and 5 only
-    main(["unet", "--steps", "7", "--colour-decoy", "1", *fresh])  # the decoy experiment runs too
+    # The decoy experiment runs too.
+    main(["unet", "--steps", "7", "--colour-decoy", "1", "--decoy-below", "500", *fresh])
     # ...and can re-export it untouched: the family's prediction type comes along with its weights.
     main(["export", "--work", str(tmp_path / "seeded"), "--init", str(tmp_path / "out"),
           "--out", str(tmp_path / "again")])

@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device")
     p.add_argument("--colour-decoy", type=float, default=0.0,
                    help="unet: share of captions read through a recoloured decoy (an experiment; see the model card)")
+    p.add_argument("--decoy-below", type=int, default=1000,
+                   help="unet: use the decoy only at timesteps below this (the first steps set the layout)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -233,12 +235,13 @@ def main(argv: list[str] | None = None) -> None:
         `decoys` (same captions, colours changed; `--colour-decoy`) supply every token but the colour words: the noun
         after "red" sees "red" through the causal mask, and the shipped UNet reads the colour there and ignores the
         colour word's own token (Prompt-to-Prompt's reweighting of "red" does nothing). With a decoy the colour word
-        is the only true source. An experiment, not in the shipped recipe: see the model card."""
+        is the only true source. The decoy is detached: its gradient taught the encoder's words to ignore the words
+        before them, which broke DreamBooth. An experiment, not in the shipped recipe: see the model card."""
         n = len(captions)
         ids = tokenizer(["", *captions, *(decoys or [])], padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt").input_ids.to(device)
         hidden = text_encoder(ids).last_hidden_state
-        null, decoy, hidden, ids = hidden[:1].detach(), hidden[1 + n:], hidden[1 : 1 + n], ids[1 : 1 + n]
+        null, decoy, hidden, ids = hidden[:1].detach(), hidden[1 + n:].detach(), hidden[1 : 1 + n], ids[1 : 1 + n]
         end = (ids == tokenizer.eos_token_id).int().argmax(1)  # the end token
         padding = (torch.arange(ids.shape[1], device=device)[None] >= end[:, None])[..., None]
         context = torch.where(padding, null, hidden)
@@ -267,8 +270,8 @@ def main(argv: list[str] | None = None) -> None:
             index = batch_index(rng)
             x_t, target, t = noisy(index.to(device))
             captions = data.captions(index, rng)
-            decoys = [recolour(c, rng) if rng.random() < args.colour_decoy else c
-                      for c in captions] if args.colour_decoy else None
+            decoys = [recolour(c, rng) if rng.random() < args.colour_decoy and step_t < args.decoy_below else c
+                      for c, step_t in zip(captions, t.tolist())] if args.colour_decoy else None
             context, text_loss = encode(captions, decoys)
             return F.mse_loss(unet(x_t, t, context).sample, target) + text_loss
 
