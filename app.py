@@ -18,7 +18,10 @@ from tabs.sdedit import SDEditTab
 from tabs.train import TrainTab
 
 # Small models make small images: let single-image outputs fill their frame instead of sitting in its middle.
-CSS = ".studio-image img { width: 100%; height: 100%; object-fit: contain; }"
+# Gallery captions small and translucent: Gradio lays them over the bottom of the thumbnail, where a 64x64 image's
+# shapes may be.
+CSS = (".studio-image img { width: 100%; height: 100%; object-fit: contain; }\n"
+       ".thumbnail-item div.caption-label { font-size: 10px; padding: 0 4px; opacity: 0.75; }")
 DEFAULT_MODEL = "shapes"  # the studio's own offline model; `tiny` is for tests
 
 

@@ -41,7 +41,8 @@ class ClassifyTab:
             gr.Markdown(EXPLAIN)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    self.image = gr.Image(label="Image", type="pil", height=260, elem_id="classify-image", elem_classes="studio-image")
+                    self.image = gr.Image(label="Image", type="pil", height=260, elem_id="classify-image",
+                                          elem_classes="studio-image")
                     self.preset = gr.Dropdown(list(self.presets), value=preset, label="Class list preset")
                     self.classes = gr.Textbox("\n".join(classes), label="Classes (one per line)", lines=6,
                                               max_lines=12, elem_id="classify-classes")

@@ -104,11 +104,13 @@ class ControlTab:
                             self.compare_ad = gr.Dropdown(self._kind("t2i_adapter"), label="T2I-Adapter",
                                                           value=(self._kind("t2i_adapter") or [None])[0])
                         self.compare_button = gr.Button("Compare (same map, prompt and seed)")
-                        self.compared = gr.Gallery(columns=3, height=220, format="png", elem_id="control-compare")
+                        self.compared = gr.Gallery(columns=3, height=220, format="png", object_fit="contain",
+                                                   elem_id="control-compare")
                         self.compare_info = gr.Markdown()
                     with gr.Accordion("All preprocessors on condition 1's image", open=False):
                         self.all_button = gr.Button("Run every preprocessor")
-                        self.all_maps = gr.Gallery(columns=4, height=320, format="png", elem_id="control-all")
+                        self.all_maps = gr.Gallery(columns=4, height=320, format="png", object_fit="contain",
+                                                   elem_id="control-all")
                         self.all_info = gr.Markdown()
         self._wire()
 
@@ -120,7 +122,8 @@ class ControlTab:
             with gr.Row():
                 source = gr.Image(image, label="Image", type="pil", height=200, elem_id=f"control-image-{k + 1}",
                                   elem_classes="studio-image")
-                edited = gr.ImageEditor(editor_value(detected) if detected else None, label="Map (paint white to add, black to erase)",
+                edited = gr.ImageEditor(editor_value(detected) if detected else None,
+                                        label="Map (paint white to add, black to erase)",
                                         type="pil", image_mode="RGBA", height=200, elem_id=f"control-map-{k + 1}",
                                         brush=gr.Brush(colors=["#ffffff", "#000000"], color_mode="fixed"),
                                         layers=False, canvas_size=(self.size, self.size), format="png")
@@ -198,7 +201,8 @@ class ControlTab:
             [self.compared, self.compare_info], api_name="control_compare", concurrency_id=GPU)
         self.all_button.click(self.preview_all, [self.units[0].image, *size], [self.all_maps, self.all_info],
                               api_name="control_all_preprocessors", concurrency_id=GPU)
-        self.stop.click(self.ctx.stop_job, None, None, cancels=[event, comparing], api_name="cancel_control", queue=False)
+        self.stop.click(self.ctx.stop_job, None, None, cancels=[event, comparing], api_name="cancel_control",
+                        queue=False)
 
     @staticmethod
     def show_knobs(label: str) -> list:

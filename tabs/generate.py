@@ -46,7 +46,8 @@ class GenerateTab:
                         self.n_images = slider(GenerateParams, "n_images", "Images")
                 with gr.Column(scale=1):
                     self.gallery = gr.Gallery(label="Images", format="png", columns=2, height=520,
-                                              buttons=["download", "fullscreen"], interactive=False,
+                                              object_fit="contain", buttons=["download", "fullscreen"],
+                                              interactive=False,
                                               elem_id="gen-gallery")
                     self.info = gr.Markdown()
                     with gr.Row():

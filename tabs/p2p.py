@@ -113,9 +113,10 @@ class P2PTab:
                                                   label="Average over steps 1…")
                             self.side = gr.Dropdown(["all"], value="all", label="Resolution")
                         self.source_maps = gr.Gallery(label="Source: cross-attention per token", columns=6,
-                                                      height=200, format="png", elem_id="p2p-source-maps")
+                                                      height=200, format="png", object_fit="contain",
+                                                      elem_id="p2p-source-maps")
                         self.edited_maps = gr.Gallery(label="Edited: cross-attention per token", columns=6,
-                                                      height=200, format="png")
+                                                      height=200, format="png", object_fit="contain")
                         self.mask = gr.Image(label="LocalBlend mask (white: may change)", format="png",
                                              interactive=False, height=160, visible=False)
         # From Generate: the picture arrives as a real image to invert, with its prompt as the source prompt.

@@ -55,8 +55,9 @@ class SDEditTab:
                                            elem_id="sdedit-output", elem_classes="studio-image")
                     self.info = gr.Markdown()
                     self.views = gr.Gallery(label="Guide noised to t0, then the model's predicted x0 along the way",
-                                            columns=5, height=180, format="png")
-                    self.strip = gr.Gallery(label="t0 sweep (same seed)", columns=6, height=180, format="png")
+                                            columns=5, height=180, format="png", object_fit="contain")
+                    self.strip = gr.Gallery(label="t0 sweep (same seed)", columns=6, height=180, format="png",
+                                            object_fit="contain")
                     self.plot = gr.LinePlot(x="t0", y="value", color="measure", height=240,
                                             title="Faithfulness (distance to guide) and realism (denoising error)")
                     with gr.Accordion("Composite: paste a second image and harmonise it", open=False):

@@ -68,10 +68,10 @@ class TrainTab:
                 with gr.Column(scale=1):
                     self.status = gr.Markdown(elem_id="train-status")
                     self.loss = gr.LinePlot(x="step", y="loss", height=220, title="Loss per step")
-                    self.validation = gr.Gallery(label="Validation images (fixed seeds) over steps", columns=4,
-                                                 height=260, format="png")
+                    self.validation = gr.Gallery(label="Validation images (fixed seeds), newest step first", columns=4,
+                                                 height=260, format="png", object_fit="contain")
                     self.drift = gr.Gallery(label="Class prompt before → after training (language drift)",
-                                            columns=4, height=140, format="png")
+                                            columns=4, height=140, format="png", object_fit="contain")
                     with gr.Accordion("Try it", open=True):
                         self.lora = gr.Dropdown(library(self.root), label="LoRA from the library",
                                                 allow_custom_value=True)
@@ -80,7 +80,7 @@ class TrainTab:
                                                info="0 is exactly the base model.")
                         self.generate = gr.Button("Generate with the LoRA", variant="primary")
                         self.samples = gr.Gallery(label="With the LoRA (seeds 0–3)", columns=4, height=180,
-                                                  format="png")
+                                                  format="png", object_fit="contain")
                         self.downloads = gr.File(label="Download (diffusers and kohya/A1111 formats)",
                                                  file_count="multiple", interactive=False)
             self.timer = gr.Timer(1.0, active=False)
@@ -183,11 +183,13 @@ class TrainTab:
         losses, validation = list(state.losses), list(state.validation)
         # No empty frame: a plot's first data decide its axis types, and an empty frame's columns read as text.
         loss = pd.DataFrame(losses, columns=["step", "loss"]).astype(float) if losses else None
-        shown = [(str(path), caption) for _, caption, path in validation]
+        shown = [(str(path), caption) for _, caption, path in sorted(validation, key=lambda v: -v[0])]  # newest first
         done = not job.running
         drift, downloads = [], None
         if done and state.phase == "done":
-            drift = [(str(p), p.stem) for p in state.drift if p.exists()]
+            # file names as the trainer writes them: step-000000-p1-s0.png
+            drift = [(str(p), f"{'after' if int(p.stem[5:11]) else 'before'} · seed {p.stem.rsplit('-s', 1)[1]}")
+                     for p in state.drift if p.exists()]
             downloads = [str(job.folder / WEIGHTS), str(job.folder / f"{name}_kohya.safetensors")]
         lora = gr.update(choices=library(self.root), value=name if state.phase == "done" else None)
         return status, loss, shown, drift, downloads, lora, gr.Timer(active=not done)

@@ -58,7 +58,8 @@ def test_train_watch_try_and_download(client):
     status, loss, validation, drift, downloads, lora, _ = wait_done(client, "app-job")
     assert "step 3 of 3" in status and " · done" in status, status
     assert len(validation) == 8  # 2 prompts x 2 seeds, before and after
-    assert len(drift) == 4  # the class prompt, 2 seeds, before and after
+    assert [v["caption"].split(" · ")[0] for v in validation] == ["step 3"] * 4 + ["step 0"] * 4  # newest first
+    assert [d["caption"] for d in drift] == ["before · seed 0", "before · seed 1", "after · seed 0", "after · seed 1"]
     assert sorted(Path(path_of(f)).name for f in downloads) == ["app-job_kohya.safetensors",
                                                                 "pytorch_lora_weights.safetensors"]
     images = client.predict("app-job", "a sks star", 1.0, api_name="/train_try")
