@@ -25,6 +25,13 @@ def heat(values: np.ndarray, size: int) -> Image.Image:
     return Image.fromarray((rgb * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
 
 
+def blend_view(edited: Image.Image, mask: Image.Image) -> Image.Image:
+    """The edit with what LocalBlend keeps from the source dimmed: a bare mask at 64x64 reads as a stray shape."""
+    may_change = np.asarray(mask.convert("L"), dtype=np.float32)[..., None] / 255
+    return Image.fromarray((np.asarray(edited.convert("RGB"), dtype=np.float32) * (0.3 + 0.7 * may_change))
+                           .astype(np.uint8))
+
+
 def parse_windows(text: str) -> dict[str, tuple[float, float]]:
     """ "blue:0-0.4, circle:0.2-1" → {"blue": (0.0, 0.4), "circle": (0.2, 1.0)}."""
     windows = {}
@@ -117,8 +124,9 @@ class P2PTab:
                                                       elem_id="p2p-source-maps")
                         self.edited_maps = gr.Gallery(label="Edited: cross-attention per token", columns=6,
                                                       height=200, format="png", object_fit="contain")
-                        self.mask = gr.Image(label="LocalBlend mask (white: may change)", format="png",
-                                             interactive=False, height=160, visible=False)
+                        self.mask = gr.Image(label="LocalBlend mask on the edit (dimmed: kept from the source)",
+                                             format="png", interactive=False, height=200, visible=False,
+                                             elem_classes="studio-image", elem_id="p2p-blend-mask")
         # From Generate: the picture arrives as a real image to invert, with its prompt as the source prompt.
         ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, self.real, self.source_prompt, self.seed))
         self._wire()
@@ -191,7 +199,8 @@ class P2PTab:
         info = (f"{edit} · seed {result.seed} · cross-attention {params.cross_start:.2f}–{params.cross_end:.2f} · "
                 f"self-attention until {params.self_end:.2f} · weights: {weighted}")
         sides = gr.update(choices=["all", *map(str, result.maps.sides)], value="all")
-        mask = gr.update(value=result.blend_mask, visible=result.blend_mask is not None)
+        blended = result.blend_mask is not None
+        mask = gr.update(value=blend_view(result.edited, result.blend_mask) if blended else None, visible=blended)
         if inversion is not None:
             info += (f"\n\nReal image: reconstruction PSNR {inversion.psnr:.1f} dB with null-text inversion "
                      f"({inversion.psnr_ddim:.1f} dB with DDIM inversion alone).")

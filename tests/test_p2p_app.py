@@ -1,5 +1,6 @@
 """The Prompt-to-Prompt tab through gradio_client: an edit with a word weight, and bad input."""
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -20,10 +21,11 @@ def edit(client, source="a red circle", target="a blue circle", kind="replace", 
 
 
 def test_an_edit_returns_source_and_edited_images_and_says_what_was_done(client):
-    source, edited, info = edit(client, weights=[1.0, 1.0, 2.0] + [1.0] * 9, blend="circle")[:3]
+    source, edited, info, _, mask = edit(client, weights=[1.0, 1.0, 2.0] + [1.0] * 9, blend="circle")[:5]
     with Image.open(source) as a, Image.open(edited) as b:
         assert a.size == b.size == (64, 64) and a.format == "PNG"
     assert info.startswith("replace · seed 1") and "circle ×2" in info
+    assert mask["visible"] and Image.open(mask["value"]).size == (64, 64)  # LocalBlend's mask, shown on the edit
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(source=""), "source prompt"),
@@ -41,6 +43,16 @@ def test_a_real_image_is_inverted_and_the_psnr_shown(client, tmp_path):
     Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "real.png")
     info = edit(client, real=handle_file(str(tmp_path / "real.png")))[2]
     assert "reconstruction PSNR" in info and "DDIM inversion alone" in info
+
+
+def test_the_localblend_mask_is_shown_on_the_edit_with_what_stays_dimmed():
+    from tabs.p2p import blend_view
+
+    edited = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, 4:] = 255  # the right half may change
+    view = np.asarray(blend_view(edited, Image.fromarray(mask)))
+    assert (view[:, 4:] == 200).all() and (view[:, :4] == 60).all()
 
 
 def test_typing_in_the_prompt_keeps_the_weights_of_words_still_there():
