@@ -130,7 +130,7 @@ class TrainState:
     validation: list[tuple[int, str, Path]] = field(default_factory=list)  # (step, caption, PNG)
     # The class prompt by the base model (step 0) and by the finished LoRA, same seeds: language drift (Ruiz et al.,
     # Sec. 4.3) at a glance. Set when the job ends; empty when the class prompt is not a validation prompt.
-    drift: list[Path] = field(default_factory=list)
+    drift: list[tuple[str, Path]] = field(default_factory=list)  # ("before · seed 0", PNG)
 
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -245,7 +245,8 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         _validate(manager, spec, folder, params, layers, name, params.steps, state)
         if params.class_prompt in params.prompts():
             p = params.prompts().index(params.class_prompt)
-            state.drift = [folder / "validation" / f"step-{step:06d}-p{p}-s{seed}.png"
+            state.drift = [(f"{'after' if step else 'before'} · seed {seed}",
+                            folder / "validation" / f"step-{step:06d}-p{p}-s{seed}.png")
                            for step in (0, params.steps) for seed in range(VALIDATION_SEEDS)]
         with manager.gpu_lock:
             unet_state = get_peft_model_state_dict(unet, adapter_name=name)

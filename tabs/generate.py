@@ -47,8 +47,7 @@ class GenerateTab:
                 with gr.Column(scale=1):
                     self.gallery = gr.Gallery(label="Images", format="png", columns=2, height=520,
                                               object_fit="contain", buttons=["download", "fullscreen"],
-                                              interactive=False,
-                                              elem_id="gen-gallery")
+                                              interactive=False, elem_id="gen-gallery")
                     self.info = gr.Markdown()
                     with gr.Row():
                         # Buttons now, wiring later: the target tabs are built after this one.

@@ -187,9 +187,7 @@ class TrainTab:
         done = not job.running
         drift, downloads = [], None
         if done and state.phase == "done":
-            # file names as the trainer writes them: step-000000-p1-s0.png
-            drift = [(str(p), f"{'after' if int(p.stem[5:11]) else 'before'} · seed {p.stem.rsplit('-s', 1)[1]}")
-                     for p in state.drift if p.exists()]
+            drift = [(str(path), caption) for caption, path in state.drift if path.exists()]
             downloads = [str(job.folder / WEIGHTS), str(job.folder / f"{name}_kohya.safetensors")]
         lora = gr.update(choices=library(self.root), value=name if state.phase == "done" else None)
         return status, loss, shown, drift, downloads, lora, gr.Timer(active=not done)

@@ -100,12 +100,12 @@ def test_kohya_keys():
 
 def test_language_drift_pairs_show_the_class_prompt_wherever_it_is_listed(manager, trained, tmp_path):
     _, state = trained
-    assert [p.name for p in state.drift] == ["step-000000-p1-s0.png", "step-000000-p1-s1.png",
+    assert [p.name for _, p in state.drift] == ["step-000000-p1-s0.png", "step-000000-p1-s1.png",
                                              "step-000004-p1-s0.png", "step-000004-p1-s1.png"]
     state = TrainState()
     train(manager, "tiny", tmp_path / "j", params(steps=2, validation_prompts=["a dog", "a sks dog"]),
           subject(), state=state)
-    assert [p.name[:14] for p in state.drift] == ["step-000000-p0"] * 2 + ["step-000002-p0"] * 2
+    assert [p.name[:14] for _, p in state.drift] == ["step-000000-p0"] * 2 + ["step-000002-p0"] * 2
     state = TrainState()
     train(manager, "tiny", tmp_path / "k", params(steps=2, validation_prompts=["a sks dog"]), subject(), state=state)
     assert state.drift == []  # the class prompt is not drawn: nothing to compare
