@@ -62,6 +62,7 @@ def build_app(manager: ModelManager, model: str, outputs: Path) -> gr.Blocks:
             ClassifyTab(ctx)
             TrainTab(ctx)
         generate.wire_send_to(ctx.send_targets, tabs)
+        demo.unload(ctx.end_session)
     return demo
 
 

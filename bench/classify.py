@@ -5,21 +5,18 @@
     python -m bench.classify --model tiny         # any device: checks the script itself
 
 Prints UNet evaluations per second and seconds per image for both paths on the same schedule (the paper's CIFAR-10
-schedule by default: 50 samples keeping 5, then 500 keeping 1). The plain loop is how the method reads in the
-paper: one UNet call per class and timestep, its error read back at once.
+schedule by default: 50 samples keeping 5, then 500 keeping 1), interleaved round by round (bench/common.py). The
+plain loop is how the method reads in the paper: one UNet call per class and timestep, its error read back at once.
 """
-
-import time
 
 import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import free, open_manager, parser, sync
+from bench.common import interleave, open_manager, parser, report
 from bench.sd15 import save_random_sd15
 from studio.classify import SCHEDULES, ClassifyParams, classify, plan, timesteps
-from studio.device import describe
-from studio.models import split_prediction
+from studio.sampling import split_prediction
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -61,27 +58,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
     calls, _ = plan(len(CLASSES), params)
 
-    rows = []
-    with manager.lend(folder) as pipe:
-        for name, run in (("studio (batched)", lambda: classify(pipe, image, CLASSES, params).unet_calls),
-                          ("plain loop", lambda: plain_loop(pipe, image, params))):
-            run()  # warm-up
-            sync(device)
-            started = time.perf_counter()
+    def counted(run):
+        def check() -> None:
             made = run()
-            sync(device)
-            seconds = time.perf_counter() - started
-            assert made == calls, (name, made, calls)
-            rows.append({"path": name, "seconds": seconds, "evals_per_s": calls / seconds})
-    del manager
-    free(device)
+            assert made == calls, (made, calls)  # both paths do the same work
+        return check
 
-    print(f"\n{args.model or 'SD1.5 architecture, random weights'} · {len(CLASSES)} classes · schedule "
-          f"{args.schedule} {SCHEDULES[args.schedule]} = {calls} UNet evaluations · {describe(device)} · "
-          f"torch {torch.__version__}")
-    print("| path | s/image | UNet evaluations/s |\n|---|---|---|")
+    with manager.lend(folder) as pipe:
+        timings = interleave({"studio (batched)": counted(lambda: classify(pipe, image, CLASSES, params).unet_calls),
+                              "plain loop": counted(lambda: plain_loop(pipe, image, params))},
+                             device, rounds=args.rounds, warmup=args.warmup)
+    rows = report(f"Diffusion classifier · {args.model or 'SD1.5 architecture, random weights'} · {len(CLASSES)} "
+                  f"classes · schedule {args.schedule} {SCHEDULES[args.schedule]} = {calls} UNet evaluations",
+                  device, timings, args, baseline="plain loop",
+                  columns={"UNet evaluations/s": lambda t: f"{calls / t.median:.0f}"})
     for row in rows:
-        print(f"| {row['path']} | {row['seconds']:.2f} | {row['evals_per_s']:.0f} |")
+        row["evals_per_s"] = calls / row["seconds"]
     return rows
 
 

@@ -4,8 +4,10 @@
     python -m bench.control --model shapes --device cpu
     python -m bench.control --model tiny         # any device: checks the script itself
 
-Goals on a GPU: ControlNet ≤ 1.3x a plain image's time per step, T2I-Adapter ≤ 3% over it (its features are
-computed once per image). Peak memory is reported on CUDA.
+All five variants run interleaved on models loaded once (bench/common.py): a plain image through the studio's loop
+(the baseline), a ControlNet and a T2I-Adapter through it, and the same two through diffusers' pipelines. Goals on a
+GPU: ControlNet ≤ 1.3x a plain image's time per step, T2I-Adapter ≤ 3% over it (its features are computed once per
+image). Peak memory is reported on CUDA.
 """
 
 from pathlib import Path
@@ -16,11 +18,10 @@ from diffusers import (ControlNetModel, StableDiffusionAdapterPipeline, StableDi
                        T2IAdapter)
 from PIL import Image
 
-from bench.common import free, measure, open_manager, parser
+from bench.common import interleave, open_manager, parser, report
 from bench.sd15 import save_random_sd15
 from studio.control import ControlParams, ControlUnit, run_control
-from studio.device import describe
-from studio.generate import make_scheduler
+from studio.sampling import make_scheduler
 
 PROMPT = "a photograph of a house by a lake"
 
@@ -41,7 +42,6 @@ def save_random_controls(folder: Path, sd15: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = parser(__doc__, choices=["shapes", "tiny"], help="a built-in family instead of SD1.5's architecture")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
     device, manager = open_manager(args)
     if args.model:
@@ -55,36 +55,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     params = ControlParams(PROMPT, steps=args.steps, width=size, height=size, seed=0)
     extra = dict(image=condition, num_inference_steps=args.steps, width=size, height=size, output_type="latent")
 
-    def diffusers_run(cls: type, **component: torch.nn.Module):
-        with manager.lend(base, cls, **component) as pipe:
-            pipe.set_progress_bar_config(disable=True)
-            pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
-            return measure(lambda: pipe(PROMPT, **extra), device, args.repeats)
+    def studio(units: list[ControlUnit]):
+        def run() -> None:
+            with manager.lend(base) as pipe:
+                pipe.set_progress_bar_config(disable=True)
+                run_control(pipe, units, params)
+        return run
 
-    rows = []
-    with manager.lend(base) as pipe:
-        pipe.set_progress_bar_config(disable=True)
-        for name, units in (("plain image (studio loop)", []),
-                            ("ControlNet (studio)", [ControlUnit(controlnet, condition)]),
-                            ("T2I-Adapter (studio)", [ControlUnit(adapter, condition)])):
-            seconds, peak = measure(lambda: run_control(pipe, units, params), device, args.repeats)
-            rows.append({"path": name, "seconds": seconds, "peak_gib": peak})
-            free(device)
-    for name, cls, component in (("ControlNet (diffusers pipeline)", StableDiffusionControlNetPipeline,
-                                  {"controlnet": controlnet}),
-                                 ("T2I-Adapter (diffusers pipeline)", StableDiffusionAdapterPipeline,
-                                  {"adapter": adapter})):
-        seconds, peak = diffusers_run(cls, **component)
-        rows.append({"path": name, "seconds": seconds, "peak_gib": peak})
-        free(device)
-    print(f"\n{args.model or 'SD1.5 architecture, random weights'} · {size}x{size} · {args.steps} UniPC steps · "
-          f"CFG 7.5 · {describe(device)} · torch {torch.__version__}")
-    print("| path | s / image | ms / step | × plain | peak memory (GiB) |\n|---|---|---|---|---|")
-    for row in rows:
-        row["ratio"] = row["seconds"] / rows[0]["seconds"]
-        print(f"| {row['path']} | {row['seconds']:.3f} | {1000 * row['seconds'] / args.steps:.1f} | "
-              f"{row['ratio']:.3f} | {row['peak_gib']:.2f} |")
-    return rows
+    def pipeline(cls: type, **component: torch.nn.Module):
+        def run() -> None:
+            with manager.lend(base, cls, **component) as pipe:
+                pipe.set_progress_bar_config(disable=True)
+                pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
+                pipe(PROMPT, **extra)
+        return run
+
+    timings = interleave({
+        "plain image (studio loop)": studio([]),
+        "ControlNet (studio)": studio([ControlUnit(controlnet, condition)]),
+        "T2I-Adapter (studio)": studio([ControlUnit(adapter, condition)]),
+        "ControlNet (diffusers pipeline)": pipeline(StableDiffusionControlNetPipeline, controlnet=controlnet),
+        "T2I-Adapter (diffusers pipeline)": pipeline(StableDiffusionAdapterPipeline, adapter=adapter),
+    }, device, rounds=args.rounds, warmup=args.warmup)
+    return report(f"ControlNet / T2I-Adapter · {args.model or 'SD1.5 architecture, random weights'} · "
+                  f"{size}x{size} · {args.steps} UniPC steps · CFG 7.5", device, timings, args,
+                  columns={"ms/step": lambda t: f"{1000 * t.median / args.steps:.1f}"})
 
 
 if __name__ == "__main__":

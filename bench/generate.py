@@ -1,20 +1,21 @@
-"""Text-to-image speed: the studio's path (ModelManager + run_generate) vs plain diffusers, in one run.
+"""Text-to-image speed: the studio's path (ModelManager + run_generate) vs plain diffusers, interleaved in one run.
 
     python -m bench.generate                      # CUDA: SD1.5 architecture, random weights, 25 steps, 512x512, CFG
-    python -m bench.generate --model shapes --steps 20 --device cpu   # the Shapes model on a laptop CPU
-    python -m bench.generate --model tiny         # any device: the tiny test model (checks the script itself)
+    python -m bench.generate --model shapes --steps 25 --device cpu   # the Shapes model on a laptop CPU
+    python -m bench.generate --model tiny         # any device: checks the script itself
 
-Prints a table: seconds per image, UNet iterations per second and peak memory for both paths. Each path is timed with
-the other's weights unloaded, after one warm-up image.
+Both paths are loaded side by side from the same folder and alternate round by round (bench/common.py); the table
+gives seconds per image, UNet iterations per second, the studio's ratio to plain diffusers and peak memory.
 """
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-from bench.common import free, measure, open_manager, parser
+from bench.common import interleave, open_manager, parser, report
 from bench.sd15 import save_random_sd15
-from studio.device import describe, dtype_for
-from studio.generate import GenerateParams, make_scheduler, run_generate
+from studio.device import dtype_for
+from studio.generate import GenerateParams, run_generate
+from studio.sampling import make_scheduler
 
 PROMPT = "a photograph of an astronaut riding a horse"
 
@@ -23,7 +24,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = parser(__doc__)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--size", type=int, help="default: the model's own (512 for SD1.5)")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scheduler", default="DPM++ 2M")
     args = p.parse_args(argv)
     device, manager = open_manager(args)
@@ -37,11 +37,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with manager.lend(folder) as pipe:
             run_generate(pipe, params)
 
-    rows = [("studio", *measure(studio, device, args.repeats))]
-    del manager
-    free(device)
-
-    # 2. Plain diffusers, as its documentation shows
+    # 2. Plain diffusers, as its documentation shows, loaded separately from the same folder
     pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=dtype_for(device)).to(device)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -50,16 +46,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, height=size, width=size,
              generator=torch.Generator(device).manual_seed(0))
 
-    rows.append(("plain diffusers", *measure(plain, device, args.repeats)))
-
-    print(f"\n{args.model or 'SD1.5 architecture, random weights'} · {size}x{size} · "
-          f"{args.steps} steps {args.scheduler} · CFG 7.5 · {describe(device)} · torch {torch.__version__}")
-    print(f"| path | s/image | it/s | peak memory (GiB) |\n|---|---|---|---|")
-    table = []
-    for name, seconds, peak in rows:
-        print(f"| {name} | {seconds:.3f} | {args.steps / seconds:.1f} | {peak:.2f} |")
-        table.append({"path": name, "seconds": seconds, "it_per_s": args.steps / seconds, "peak_gib": peak})
-    return table
+    timings = interleave({"studio": studio, "plain diffusers": plain}, device, rounds=args.rounds,
+                         warmup=args.warmup)
+    rows = report(f"Text to image · {args.model or 'SD1.5 architecture, random weights'} · {size}x{size} · "
+                  f"{args.steps} steps {args.scheduler} · CFG 7.5", device, timings, args,
+                  baseline="plain diffusers", columns={"it/s": lambda t: f"{args.steps / t.median:.1f}"})
+    for row in rows:
+        row["it_per_s"] = args.steps / row["seconds"]
+    return rows
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ import yaml
 from diffusers import StableDiffusionPipeline
 from PIL import Image, UnidentifiedImageError
 
-from studio.jobs import Cancelled, StepFn, StopFn
 from studio.images import flatten_alpha
-from studio.models import encode_image, split_prediction
-from studio.params import Ranged, ranged
+from studio.jobs import Cancelled, StepFn, StopFn
+from studio.params import Params, choice, ranged
+from studio.sampling import encode_image, seed_field, split_prediction
 from studio.shapes.world import COLOURS, SHAPES
 
 LOSSES = {"l2": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
@@ -48,12 +48,29 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 @dataclass
-class ClassifyParams(Ranged):
+class ClassifyParams(Params):
+    """`stages` is the paper's adaptive schedule as (n_samples, to_keep) pairs; `templates` are averaged."""
+
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}"])
     stages: list[tuple[int, int]] = field(default_factory=lambda: list(SCHEDULES["fast"]))
-    loss: str = "l2"
-    seed: int = ranged(0, 0, 2**31 - 1, 1, "Seed of the shared noise: the same seed gives the same ranking.")
+    loss: str = choice("l2", tuple(LOSSES), "How the noise prediction error is measured (the paper: l2).")
+    seed: int = seed_field(0, "Seed of the shared noise: the same seed gives the same ranking.", random=False)
     batch: int = ranged(64, 1, 1024, 1, "UNet evaluations per forward pass (more fills a GPU better).")
+
+    def check(self) -> None:
+        # Blank template lines are dropped; none at all means the bare class name.
+        self.templates = [t.strip() for t in self.templates if t.strip()] or ["{}"]
+        missing = [t for t in self.templates if "{}" not in t]
+        if missing:
+            raise ValueError(f"Each template needs a {{}} where the class name goes: {missing[0]!r}.")
+        try:
+            self.stages = [(int(s), int(k)) for s, k in self.stages]
+        except (TypeError, ValueError):
+            raise ValueError(f"Stages are (samples, kept) pairs of whole numbers, got {self.stages!r}.") from None
+        if not self.stages or any(s < 1 or k < 1 for s, k in self.stages):
+            raise ValueError("Each stage needs at least one sample and keeps at least one class.")
+        if any(b[0] < a[0] for a, b in zip(self.stages, self.stages[1:])):
+            raise ValueError("Later stages must use at least as many samples as earlier ones.")
 
 
 @dataclass
@@ -87,23 +104,6 @@ def check_classes(names: list[str]) -> list[str]:
     return classes
 
 
-def check_templates(templates: list[str]) -> list[str]:
-    templates = [t.strip() for t in templates if t.strip()] or ["{}"]
-    missing = [t for t in templates if "{}" not in t]
-    if missing:
-        raise ValueError(f"Each template needs a {{}} where the class name goes: {missing[0]!r}.")
-    return templates
-
-
-def check_stages(stages: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    stages = [(int(s), int(k)) for s, k in stages]
-    if not stages or any(s < 1 or k < 1 for s, k in stages):
-        raise ValueError("Each stage needs at least one sample and keeps at least one class.")
-    if any(b[0] < a[0] for a, b in zip(stages, stages[1:])):
-        raise ValueError("Later stages must use at least as many samples as earlier ones.")
-    return stages
-
-
 def timesteps(stages: list[tuple[int, int]], T: int = 1000) -> tuple[list[int], list[list[int]]]:
     """All timesteps, evenly spaced over [0, T), and the ones each stage uses (a stage's set contains the earlier
     stages' sets whenever the sample counts divide each other, as in the paper's schedules)."""
@@ -114,7 +114,7 @@ def timesteps(stages: list[tuple[int, int]], T: int = 1000) -> tuple[list[int], 
 
 def plan(n_classes: int, params: ClassifyParams, T: int = 1000) -> tuple[int, list[int]]:
     """UNet evaluations the schedule will spend (the cost estimate shown before running), and classes per stage."""
-    stages = check_stages(params.stages)
+    stages = params.stages
     _, per_stage = timesteps(stages, T)
     done: set[int] = set()
     remaining, calls, sizes = n_classes, 0, []
@@ -123,7 +123,7 @@ def plan(n_classes: int, params: ClassifyParams, T: int = 1000) -> tuple[int, li
         calls += remaining * len(set(ts) - done)
         done |= set(ts)
         remaining = min(remaining, keep)
-    return calls * len(check_templates(params.templates)), sizes
+    return calls * len(params.templates), sizes
 
 
 def class_presets(path: Path = PRESETS) -> dict[str, tuple[list[str], list[str]]]:
@@ -135,6 +135,14 @@ def class_presets(path: Path = PRESETS) -> dict[str, tuple[list[str], list[str]]
             classes = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
         presets[name] = (classes, entry["templates"])
     return presets
+
+
+def opening_list(family: str, path: Path = PRESETS) -> str:
+    """The class list the Classify tab opens with for a model family: the one whose `opens_for` names the family,
+    else the one for `default`."""
+    table = yaml.safe_load(path.read_text())
+    fits = {f: name for name, entry in table.items() for f in entry.get("opens_for", [])}
+    return fits.get(family, fits["default"])
 
 
 def prepare_image(image: Image.Image, side: int) -> Image.Image:
@@ -155,10 +163,7 @@ def classify(pipe: StableDiffusionPipeline, image: Image.Image, classes: list[st
              on_step: StepFn | None = None, should_stop: StopFn | None = None) -> ClassifyResult:
     """Rank `classes` for `image` with the adaptive schedule in `params.stages`."""
     classes = check_classes(classes)
-    templates = check_templates(params.templates)
-    stages = check_stages(params.stages)
-    if params.loss not in LOSSES:
-        raise ValueError(f"Unknown loss {params.loss!r}; choose one of {', '.join(LOSSES)}.")
+    templates, stages = params.templates, params.stages
     device, dtype = pipe.unet.device, pipe.unet.dtype
     T = pipe.scheduler.config.num_train_timesteps
     total, _ = plan(len(classes), params, T)

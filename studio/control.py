@@ -13,7 +13,6 @@ paper's scales from 0.1 at the shallowest block to 1.0 at the middle), and txt2i
 it is exactly the plain text-to-image loop of diffusers' StableDiffusionPipeline.
 """
 
-import random
 import time
 from dataclasses import dataclass
 
@@ -23,47 +22,49 @@ from diffusers import ControlNetModel, StableDiffusionPipeline, T2IAdapter
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageOps
 
-from studio.generate import MAX_SEED, check_prompt, make_scheduler, snap_size
-from studio.jobs import Cancelled, StepFn, StopFn
 from studio.images import flatten_alpha
-from studio.models import decode_latents, encode_image, to_images
-from studio.params import Ranged, ranged
+from studio.jobs import Cancelled, StepFn, StopFn
+from studio.params import Params, choice, ranged
+from studio.sampling import (SCHEDULERS, check_prompt, decode_latents, encode_image, guided, make_scheduler,
+                             pick_seed, seed_field, snap_size, text_context, to_images)
 
 MAX_UNITS = 3
 RESIZE_MODES = ("crop and resize", "resize", "resize and fill")
-# A unit's sliders: (min, max, step, label). Conditioning scale 0–2 as in lllyasviel's apps.
-UNIT_RANGES = {
-    "scale": (0.0, 2.0, 0.05, "Strength (0 = off)"),
-    "start": (0.0, 1.0, 0.05, "Control starts at"),
-    "end": (0.0, 1.0, 0.05, "Control ends at"),
-}
 
 
 @dataclass
-class ControlUnit:
-    """One condition: a map and the ControlNet or T2I-Adapter that reads it."""
+class ControlUnit(Params):
+    """One condition: a map and the ControlNet or T2I-Adapter that reads it. `scale` is diffusers'
+    `controlnet_conditioning_scale` (`adapter_conditioning_scale`); `start`/`end` are `control_guidance_start/end`."""
 
     model: ControlNetModel | T2IAdapter
     condition: Image.Image
-    scale: float = 1.0  # conditioning scale; 0 switches the unit off
-    start: float = 0.0  # fraction of the steps before which the unit is off
-    end: float = 1.0  # fraction of the steps after which the unit is off
+    scale: float = ranged(1.0, 0.0, 2.0, 0.05, "Strength (0 = off); 0–2 as in lllyasviel's apps.")
+    start: float = ranged(0.0, 0.0, 1.0, 0.05, "Fraction of the steps before which the unit is off.")
+    end: float = ranged(1.0, 0.0, 1.0, 0.05, "Fraction of the steps after which the unit is off.")
     name: str = ""
+
+    def check(self) -> None:
+        if not self.start < self.end:
+            raise ValueError(f"{self.name or 'A condition'}: control must start before it ends, within 0–1 "
+                             f"(got {self.start:g}–{self.end:g})")
 
 
 @dataclass
-class ControlParams(Ranged):
+class ControlParams(Params):
     prompt: str = ""
     negative_prompt: str = ""
-    seed: int = ranged(0, -1, MAX_SEED, 1, "-1 picks a random seed.")
+    seed: int = seed_field(0)
     steps: int = ranged(20, 1, 150, 1, "Denoising steps.")
     cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance (1 = off).")
     width: int = ranged(512, 64, 2048, 8, "Output pixels; the condition is fitted to this size.")
     height: int = ranged(512, 64, 2048, 8, "Output pixels; the condition is fitted to this size.")
-    scheduler: str = "UniPC"
+    scheduler: str = choice("UniPC", tuple(SCHEDULERS), "The sampler; UniPC needs few steps.")
     guess_mode: bool = False  # ControlNet on the conditional branch only, with rising per-block scales
-    resize_mode: str = "crop and resize"
-    strength: float = ranged(0.75, 0.01, 1.0, 0.01, "img2img: how much of the input image is re-drawn.")
+    resize_mode: str = choice("crop and resize", RESIZE_MODES,
+                              "crop: cover and cut the centre · resize: stretch · fill: fit inside, black around")
+    strength: float = ranged(0.75, 0.01, 1.0, 0.01, "img2img: how much of the input image is re-drawn (diffusers' "
+                                                     "`strength`).")
 
 
 @dataclass
@@ -89,11 +90,8 @@ def fit_condition(condition: Image.Image, size: tuple[int, int], mode: str) -> I
 
 
 def check_unit(unit: ControlUnit, unet_config: dict, index: int) -> None:
+    """Does the unit's model fit this base model? (Its ranges were checked when the unit was built.)"""
     name = unit.name or f"unit {index + 1}"
-    if not 0 <= unit.scale <= 2:
-        raise ValueError(f"{name}: the conditioning scale must be between 0 and 2, got {unit.scale}")
-    if not 0 <= unit.start < unit.end <= 1:
-        raise ValueError(f"{name}: control must start before it ends, within 0–1 (got {unit.start}–{unit.end})")
     config = unit.model.config
     if isinstance(unit.model, ControlNetModel):
         fits = (config.cross_attention_dim == unet_config["cross_attention_dim"]
@@ -125,24 +123,17 @@ def run_control(pipe: StableDiffusionPipeline, units: list[ControlUnit], params:
         raise ValueError(f"At most {MAX_UNITS} conditions at once, got {len(units)}")
     for i, unit in enumerate(units):
         check_unit(unit, pipe.unet.config, i)
-    if params.resize_mode not in RESIZE_MODES:
-        raise ValueError(f"Unknown resize mode '{params.resize_mode}'; choose one of {', '.join(RESIZE_MODES)}")
-    if not 1 <= params.steps <= ControlParams.meta("steps")["max"]:
-        raise ValueError(f"steps must be between 1 and {ControlParams.meta('steps')['max']}")
-    if init_image is not None and not 0 < params.strength <= 1:
-        raise ValueError("strength must be in (0, 1]")
     width, height = snap_size(params.width, "width", warnings), snap_size(params.height, "height", warnings)
     for text in (params.prompt, params.negative_prompt):
         if warning := check_prompt(pipe.tokenizer, text):
             warnings.append(warning)
-    seed = random.randint(0, MAX_SEED) if params.seed < 0 else int(params.seed)
+    seed = pick_seed(params.seed)
     device, dtype = pipe.unet.device, pipe.unet.dtype
     use_cfg = params.cfg > 1
     uncontrolled_branch = params.guess_mode and use_cfg  # guess mode leaves the unconditional branch uncontrolled
 
     # 2. Text embeddings
-    cond, uncond = pipe.encode_prompt(params.prompt, device, 1, use_cfg, params.negative_prompt or None)
-    context = torch.cat([uncond, cond]) if use_cfg else cond
+    context, cond = text_context(pipe, params.prompt, params.negative_prompt, use_cfg)
 
     # 3. Conditions at the output size; each adapter's features computed once, here, never per step
     fitted = [fit_condition(u.condition, (width, height), params.resize_mode) for u in units]
@@ -201,8 +192,7 @@ def run_control(pipe: StableDiffusionPipeline, units: list[ControlUnit], params:
                             down_intrablock_additional_residuals=None if intrablock is None else list(intrablock),
                             return_dict=False)[0]
         if use_cfg:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + params.cfg * (eps_cond - eps_uncond)
+            eps = guided(*eps.chunk(2), params.cfg)
         x = scheduler.step(eps, t, x, return_dict=False)[0]
         if on_step:
             on_step(i + 1, n)

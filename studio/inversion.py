@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from studio.generate import make_scheduler
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents, encode_image, split_prediction, to_images
+from studio.sampling import decode_latents, encode_image, guided, make_scheduler, split_prediction, to_images
 
 
 @dataclass
@@ -107,7 +106,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         optimizer = torch.optim.Adam([null], lr=1e-2 * (1 - i / (2 * steps)))
         for j in range(inner_steps):
             out_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
-            z_prev = _ddim(out_uncond + cfg * (out_cond - out_uncond), z, alpha(i), alpha(i + 1), prediction)
+            z_prev = _ddim(guided(out_uncond, out_cond, cfg), z, alpha(i), alpha(i + 1), prediction)
             loss = F.mse_loss(z_prev, trajectory[i + 1])
             if loss.item() < 1e-5 + 2e-5 * i:  # the paper's early stop: close enough to the pivot
                 break
@@ -118,7 +117,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         nulls.append(null.to(dtype))
         with torch.no_grad():
             out_uncond = pipe.unet(z.to(dtype), t, encoder_hidden_states=null.to(dtype)).sample.float()
-            z = _ddim(out_uncond + cfg * (out_cond - out_uncond), z, alpha(i), alpha(i + 1), prediction)
+            z = _ddim(guided(out_uncond, out_cond, cfg), z, alpha(i), alpha(i + 1), prediction)
 
     with torch.no_grad():
         reconstruction = to_images(decode_latents(pipe, z.to(dtype)))[0]
@@ -127,8 +126,7 @@ def invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, *, st
         for i in range(steps):
             e = pipe.unet(torch.cat([z_ddim] * 2).to(dtype), timesteps[i],
                           encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
-            e_u, e_c = e.chunk(2)
-            z_ddim = _ddim(e_u + cfg * (e_c - e_u), z_ddim, alpha(i), alpha(i + 1), prediction)
+            z_ddim = _ddim(guided(*e.chunk(2), cfg), z_ddim, alpha(i), alpha(i + 1), prediction)
         ddim_only = to_images(decode_latents(pipe, z_ddim.to(dtype)))[0]
     return Inversion(key, prompt, steps, cfg, trajectory[0].to(dtype), nulls,
                      reconstruction, psnr(image, reconstruction), psnr(image, ddim_only))

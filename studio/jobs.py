@@ -32,3 +32,8 @@ class CancelFlags:
         with self._lock:
             if session in self._flags:
                 self._flags[session].set()
+
+    def forget(self, session: str) -> None:
+        """The session ended: drop its flag."""
+        with self._lock:
+            self._flags.pop(session, None)

@@ -16,8 +16,8 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -25,10 +25,20 @@ from diffusers.utils import recurse_remove_peft_layers
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
+from studio.params import Params, ranged
+
 WEIGHTS = "pytorch_lora_weights.safetensors"
 METADATA = "metadata.json"
 KOHYA_PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class LoraUse(Params):
+    """A LoRA applied to one job: a library folder or .safetensors file, and its scale (diffusers' adapter weight)."""
+
+    source: str | Path
+    scale: float = ranged(1.0, 0, 1.5, 0.05, "0 is exactly the base model.")
 
 
 def tuner_layers(*models: torch.nn.Module | None) -> list[BaseTunerLayer]:
@@ -151,22 +161,20 @@ def applied(pipe: StableDiffusionPipeline, loras: Sequence[tuple[str | Path, flo
 
     Scale 0 leaves the output exactly the base model's: the LoRA branch adds (B·A·x)·0.
     """
+    uses = [LoraUse(source, float(scale)) for source, scale in loras]
     names: list[str] = []
     try:
-        for i, (source, _) in enumerate(loras):
+        for i, use in enumerate(uses):
             name = f"lend-{i}"
             names.append(name)  # before loading: a file that fails half-way is still cleaned up
             # load_lora_weights reads kohya files as well as diffusers ones.
-            pipe.load_lora_weights(str(weights_file(source)), adapter_name=name)
+            pipe.load_lora_weights(str(weights_file(use.source)), adapter_name=name)
         if names:
             activate(tuner_layers(pipe.unet, pipe.text_encoder), names)
-            pipe.set_adapters(names, [float(scale) for _, scale in loras])
+            pipe.set_adapters(names, [use.scale for use in uses])
         yield
     finally:
         for name in names:
             for model in (pipe.unet, pipe.text_encoder):
                 remove_adapter(model, name)
 
-
-def metadata(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / METADATA).read_text())

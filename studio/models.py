@@ -7,6 +7,7 @@ text encoder are shared, never copied. `lend` hands a pipeline to one job at a t
 processors or adapters on the shared UNet restore them before the lock is released.
 """
 
+import functools
 import gc
 import json
 import logging
@@ -22,22 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from huggingface_hub import hf_hub_download
 from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, T2IAdapter
-from PIL import Image
+from transformers import CLIPTokenizer
 
 from studio.device import dtype_for, pick_device
 from studio.preprocess import PREPROCESSORS, Preprocessor
 from studio.lora import applied
-from studio.tiny import ensure_tiny_family
+from studio.tiny import ensure_tiny_family, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG_PATH = ROOT / "presets" / "models.yaml"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 COMPONENT_CLASSES = {"controlnet": ControlNetModel, "t2i_adapter": T2IAdapter}
+DEFAULT_FAMILY = "sd15"  # what a model not in the catalog is taken for
 
 ProgressFn = Callable[[float, str], None]
 
@@ -89,10 +90,20 @@ class Catalog:
     def names(self, section: str) -> list[str]:
         return list(self.sections.get(section, {}))
 
+    def controls(self, family: str) -> list[str]:
+        """The ControlNets, then the T2I-Adapters, made for base models of `family` (their `base`, default sd15)."""
+        return [name for section in COMPONENT_CLASSES for name, entry in self.sections.get(section, {}).items()
+                if entry.get("base", DEFAULT_FAMILY) == family]
+
 
 def _quiet_empty_fp32_warning(record: logging.LogRecord) -> bool:
     """diffusers warns on every `from_pipe` that "modules should be kept in float32: []" even when there are none."""
     return "kept in float32: []" not in record.getMessage()
+
+
+@functools.cache
+def _folder_tokenizer(folder: str) -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(folder)
 
 
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
@@ -448,51 +459,33 @@ class ModelManager:
             finally:
                 self._release(self._key(source, "pipeline"))
 
+    def family(self, spec: str) -> str:
+        """The catalog family of a base model ("sd15", "shapes", "tiny"), also when it is given by its folder; any
+        other model is taken for SD 1.x."""
+        location = Path(self.resolve(spec).location)
+        for name, entry in self.catalog.sections.get("base", {}).items():
+            shipped = ROOT / entry["path"] if "path" in entry else None
+            built = self.cache_dir / entry["builtin"] if "builtin" in entry else None
+            if name == spec.strip() or location in (shipped, built):
+                return entry.get("family", DEFAULT_FAMILY)
+        return DEFAULT_FAMILY
+
+    def controls_for(self, spec: str) -> list[str]:
+        """Catalog ControlNets and T2I-Adapters that fit the base model `spec`."""
+        return self.catalog.controls(self.family(spec))
+
+    def tokenizer(self, spec: str) -> Any:
+        """The model's tokenizer without loading its weights (the Train tab shows how an identifier splits)."""
+        source = self.resolve(spec)
+        entry = self._cache.get(self._key(source, "pipeline"))
+        if entry:
+            return entry.value.tokenizer
+        if source.kind == "folder" and (Path(source.location) / "tokenizer").is_dir():
+            return _folder_tokenizer(str(Path(source.location) / "tokenizer"))
+        # A Hub model not downloaded yet, or a single file: every SD 1.x model reads CLIP ViT-L/14's BPE, vendored.
+        return load_tokenizer()
+
     def source_note(self, spec: str) -> str:
         """The catalog's warning for a model (e.g. that the tiny model draws noise), or ""."""
         return self.resolve(spec).note
 
-
-def encode_image(pipe: DiffusionPipeline, image: Image.Image) -> torch.Tensor:
-    """The VAE posterior mean of an RGB image, scaled as the UNet expects: (1, C, h, w) in the UNet's dtype."""
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
-    with torch.no_grad():
-        return pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mean.to(dtype) * pipe.vae.config.scaling_factor
-
-
-def split_prediction(output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
-                     prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clean latent x0 and the noise ε a UNet output stands for at noise level ᾱ (x_t = √ᾱ·x0 + √(1−ᾱ)·ε), for
-    ε-prediction (SD 1.x) and v-prediction (v = √ᾱ·ε − √(1−ᾱ)·x0: SD 2.x 768 and the Shapes model). The v form never
-    divides by √ᾱ, so it also holds at a zero-SNR schedule's last step, where ᾱ = 0."""
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    if prediction_type == "epsilon":
-        return (x_t - s * output) / a, output
-    if prediction_type == "v_prediction":
-        return a * x_t - s * output, s * x_t + a * output
-    raise ValueError(f"Unsupported prediction type {prediction_type!r}: the studio handles epsilon and v_prediction.")
-
-
-def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode latents to images in [0, 1], NCHW float32.
-
-    SD VAEs can overflow in fp16 (NaN, black images). If that happens, this batch is decoded again in fp32 and the
-    shared VAE is put back to its dtype afterwards.
-    """
-    vae = pipe.vae
-    with torch.no_grad():
-        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        if not torch.isfinite(image).all() and vae.dtype != torch.float32:
-            dtype = vae.dtype
-            try:
-                vae.to(torch.float32)
-                image = vae.decode(latents.float() / vae.config.scaling_factor).sample
-            finally:
-                vae.to(dtype)
-    return (image.float() / 2 + 0.5).clamp(0, 1)
-
-
-def to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    """NCHW floats in [0, 1] (as `decode_latents` returns them) to 8-bit RGB images."""
-    return [Image.fromarray((x.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)) for x in pixels]

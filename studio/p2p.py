@@ -20,7 +20,7 @@ Only the conditional half of the classifier-free-guidance batch is edited, as in
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from studio.generate import MAX_SEED, make_scheduler, snap_size
 from studio.inversion import Inversion
 from studio.jobs import Cancelled, StepFn, StopFn
-from studio.models import decode_latents, to_images
-from studio.params import Ranged, ranged
+from studio.params import Params, choice, ranged
+from studio.sampling import (decode_latents, guided, make_scheduler, pick_seed, seed_field, snap_size, text_context,
+                             to_images)
 
 EDITS = ("replace", "refine", "reweight")
+WEIGHT_RANGE = (-1.0, 10.0)  # the paper's notebook turns "smiling" up 5x and "cloudy" up to 20x; -1 inverts a word
 SELF_MAX_SIDE = 32  # self-attention is injected at resolutions up to 32x32, as the paper's code does for SD
 BLEND_LEVELS = (1, 2, 4, 8)  # attention resolutions as divisors of the latent side: 64, 32, 16, 8 for SD at 512
 BLEND_START = 0.2  # LocalBlend starts after this fraction of the steps (the paper's code), once a layout exists
@@ -42,11 +43,15 @@ N_TOKENS = 77
 
 
 @dataclass
-class P2PParams(Ranged):
-    source_prompt: str = ""
+class P2PParams(Params):
+    """One edit. Paper and diffusers names: `cross_start`/`cross_end` are the window the paper's code calls
+    `cross_replace_steps` (a fraction, or per word: `word_windows`); `self_end` is `self_replace_steps`; `weights` is
+    the equalizer of `get_equalizer` (reweighting, Sec. 3.2); `blend_words` are LocalBlend's words (Sec. 3.3)."""
+
+    source_prompt: str
     target_prompt: str = ""
-    edit: str = "replace"
-    weights: dict[str, float] = field(default_factory=dict)  # word -> attention scale
+    edit: str = choice("replace", EDITS)
+    weights: dict[str, float] = field(default_factory=dict)  # word -> attention scale, in WEIGHT_RANGE
     cross_start: float = ranged(0.0, 0, 1, 0.05, "Cross-attention injection starts at this fraction of the steps.")
     cross_end: float = ranged(0.8, 0, 1, 0.05, "…and ends here. Later steps let the new words refine details.")
     word_windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # word -> its own (start, end)
@@ -60,10 +65,33 @@ class P2PParams(Ranged):
     steps: int = ranged(50, 5, 150, 1, "DDIM steps.")
     cfg: float = ranged(7.5, 0, 20, 0.5, "Classifier-free guidance. Lower (about 3) keeps more of the "
                                          "source's layout in a word swap.")
-    seed: int = ranged(0, -1, MAX_SEED, 1, "-1 picks a random seed.")
+    seed: int = seed_field(0)
     negative_prompt: str = ""
     width: int = 0  # 0: the model's native size
     height: int = 0
+
+    def check(self) -> None:
+        if not self.source_prompt.strip():
+            raise ValueError("Write the source prompt (what the image shows).")
+        if self.edit == "reweight" and not self.weights:
+            raise ValueError("Reweight needs at least one word with a weight other than 1.")
+        if self.edit != "reweight" and not self.target_prompt.strip():
+            raise ValueError("Write the target prompt (the source prompt with your edit).")
+        lo, hi = WEIGHT_RANGE
+        for word, weight in self.weights.items():
+            if not lo <= weight <= hi:
+                raise ValueError(f"The weight of “{word}” must be between {lo:g} and {hi:g}, got {weight:g}.")
+        for name, (start, end) in {"cross-attention": (self.cross_start, self.cross_end),
+                                   **self.word_windows}.items():
+            if not 0 <= start <= end <= 1:
+                raise ValueError(f"The {name} window needs 0 ≤ start ≤ end ≤ 1 (got {start:g}–{end:g}).")
+        if not set(self.blend_levels) <= set(BLEND_LEVELS):
+            raise ValueError("LocalBlend averages attention maps at 1/1, 1/2, 1/4 or 1/8 of the latent side "
+                             f"(levels {', '.join(map(str, BLEND_LEVELS))}), not {self.blend_levels}.")
+        for name in ("width", "height"):
+            if getattr(self, name) and not 64 <= getattr(self, name) <= 2048:
+                raise ValueError(f"{name} must be 0 (the model's size) or between 64 and 2048, got "
+                                 f"{getattr(self, name)}")
 
 
 # --- Token bookkeeping ---------------------------------------------------------------------------------------------
@@ -136,9 +164,7 @@ def word_positions(tokenizer, prompt: str, word: str) -> list[int]:
 
 
 def window(start: float, end: float, steps: int) -> torch.Tensor:
-    """1 for the steps in [start, end) as fractions of the schedule."""
-    if not 0 <= start <= end <= 1:
-        raise ValueError(f"A window needs 0 ≤ start ≤ end ≤ 1 (got {start}, {end}).")
+    """1 for the steps in [start, end) as fractions of the schedule (P2PParams checked that 0 ≤ start ≤ end ≤ 1)."""
     index = torch.arange(steps)
     return ((index >= int(start * steps)) & (index < int(end * steps))).float()
 
@@ -361,20 +387,6 @@ def coarsest_level(unet) -> int:
     return 2 ** max(blocks, default=0)
 
 
-def check_params(params: P2PParams) -> None:
-    if not params.source_prompt.strip():
-        raise ValueError("Write the source prompt (what the image shows).")
-    if params.edit not in EDITS:
-        raise ValueError(f"Unknown edit {params.edit!r}; choose one of {', '.join(EDITS)}.")
-    if params.edit == "reweight" and not params.weights:
-        raise ValueError("Reweight needs at least one word with a weight other than 1.")
-    if params.edit != "reweight" and not params.target_prompt.strip():
-        raise ValueError("Write the target prompt (the source prompt with your edit).")
-    if not set(params.blend_levels) <= set(BLEND_LEVELS):
-        raise ValueError("LocalBlend averages attention maps at 1/1, 1/2, 1/4 or 1/8 of the latent side "
-                         f"(levels {', '.join(map(str, BLEND_LEVELS))}), not {params.blend_levels}.")
-
-
 def token_strings(tokenizer, prompt: str, n: int) -> list[str]:
     ids = token_ids(tokenizer, prompt)[:n]
     return [tokenizer.decode([i]).strip() or "·" for i in ids]
@@ -386,23 +398,21 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
     """Generate the source and the edit in one batch. `pipe` comes from `ModelManager.lend` (the processors are
     swapped on the shared UNet and always put back). With `inversion`, the source is that real image: the walk
     starts from its x_T and uses its optimised null-text embedding at each step."""
-    check_params(params)
     if inversion is not None and (inversion.prompt, inversion.steps, inversion.cfg) != (
             params.source_prompt, params.steps, params.cfg):
         raise ValueError("The source prompt, steps and guidance must be those the image was inverted with; "
                          "invert it again after changing them.")
     if params.edit == "reweight" and not params.target_prompt.strip():
-        params = P2PParams(**{**params.__dict__, "target_prompt": params.source_prompt})
+        params = replace(params, target_prompt=params.source_prompt)
     warnings: list[str] = []
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = snap_size(params.width or native, "width", warnings)
     height = snap_size(params.height or native, "height", warnings)
-    seed = int(np.random.default_rng().integers(MAX_SEED)) if params.seed < 0 else params.seed
+    seed = pick_seed(params.seed)
     device, dtype = pipe.unet.device, pipe.unet.dtype
     use_cfg = params.cfg > 1
     prompts = [params.source_prompt, params.target_prompt]
-    cond, uncond = pipe.encode_prompt(prompts, device, 1, use_cfg, [params.negative_prompt] * 2 if use_cfg else None)
-    context = torch.cat([uncond, cond]) if use_cfg else cond
+    context, cond = text_context(pipe, prompts, [params.negative_prompt] * 2 if use_cfg else None, use_cfg)
 
     scheduler = make_scheduler("DDIM", pipe.scheduler.config)
     scheduler.set_timesteps(params.steps, device=device)
@@ -427,8 +437,7 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
                 context = torch.cat([inversion.null_embeddings[i].to(device, dtype).expand(2, -1, -1), cond])
             eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
             if use_cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + params.cfg * (eps_cond - eps_uncond)
+                eps = guided(*eps.chunk(2), params.cfg)
             latents = controller.end_step(scheduler.step(eps, t, latents).prev_sample)
             if on_step:
                 on_step(i + 1, params.steps)

@@ -19,13 +19,14 @@ import numpy as np
 from PIL import Image
 
 from studio.images import to_rgb_array
-from studio.params import Ranged, ranged
+from studio.params import Params, flag, ranged
+from studio.sampling import seed_field
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 
 
 @dataclass
-class Knobs(Ranged):
+class Knobs(Params):
     """Every preprocessor setting; `Preprocessor.knobs` says which ones a preprocessor reads."""
 
     detect_resolution: int = ranged(512, 64, 2048, 64, "The image's short side during detection (64-multiples).")
@@ -33,26 +34,21 @@ class Knobs(Ranged):
     high_threshold: int = ranged(200, 1, 255, 1, "Canny: gradients above this are always edges.")
     value_threshold: float = ranged(0.1, 0.01, 2.0, 0.01, "MLSD: confidence a line needs (thr_v).")
     distance_threshold: float = ranged(0.1, 0.01, 20.0, 0.01, "MLSD: merge line ends closer than this (thr_d).")
-    safe: bool = False
-    coarse: bool = False
-    hands: bool = False
-    face: bool = False
+    safe: bool = flag(False, "HED / PiDiNet: quantise the soft edges (the 'safe' variant, fewer artefacts).")
+    coarse: bool = flag(False, "Lineart: the coarse model (bolder lines).")
+    hands: bool = flag(False, "OpenPose: also detect hands.")
+    face: bool = flag(False, "OpenPose: also detect the face.")
     background_threshold: float = ranged(0.1, 0.0, 1.0, 0.01, "MiDaS: depth below this is background.")
     sigma: float = ranged(6.0, 0.5, 20.0, 0.5, "Blur before thresholding (lineart-standard, XDoG).")
     threshold: int = ranged(32, 1, 255, 1, "XDoG / lineart-standard: how strong a line must be.")
-    seed: int = ranged(0, 0, 2**31 - 1, 1, "Content shuffle and segmentation fallback: the random pattern.")
+    seed: int = seed_field(0, "Content shuffle and segmentation fallback: the random pattern.", random=False)
     segments: int = ranged(8, 2, 32, 1, "Colour-region fallback: how many regions.")
     block: int = ranged(64, 4, 256, 4, "Colour grid / tile: pixels per cell.")
-    invert: bool = False
+    invert: bool = flag(False, "Swap black and white (e.g. a black-on-white drawing for a scribble model).")
 
-
-BOOL_HELP = {
-    "safe": "HED / PiDiNet: quantise the soft edges (the 'safe' variant, fewer artefacts).",
-    "coarse": "Lineart: the coarse model (bolder lines).",
-    "hands": "OpenPose: also detect hands.",
-    "face": "OpenPose: also detect the face.",
-    "invert": "Swap black and white (e.g. a black-on-white drawing for a scribble model).",
-}
+    def check(self) -> None:
+        if self.low_threshold > self.high_threshold:
+            raise ValueError("Canny: the low threshold must not be above the high threshold")
 
 
 @dataclass(frozen=True)
@@ -89,8 +85,6 @@ def _aux(method: str = "__call__", **fixed: Any) -> Callable[[np.ndarray, Any, K
 
 
 def _canny(image: np.ndarray, _: Any, knobs: Knobs) -> np.ndarray:
-    if knobs.low_threshold > knobs.high_threshold:
-        raise ValueError("Canny: the low threshold must not be above the high threshold")
     return cv2.Canny(image, knobs.low_threshold, knobs.high_threshold)
 
 
@@ -153,7 +147,8 @@ def _regions(image: np.ndarray, _: Any, knobs: Knobs) -> np.ndarray:
 def _load_segmenter(folder: str) -> Any:
     from studio.segment import load_segmenter
 
-    # That repository ships a .bin state dict only; transformers reads it with torch's weights-only loader.
+    # UperNet + ConvNeXt-S on ADE20K (512x512), as diffusers' ControlNet seg docs use. Its repository ships a .bin
+    # state dict only; transformers reads it with torch's weights-only loader.
     return load_segmenter(folder, use_safetensors=False, local_files_only=True)
 
 
@@ -224,7 +219,6 @@ def run_preprocessor(name: str, image: Image.Image | np.ndarray, knobs: Knobs | 
     if name not in PREPROCESSORS:
         raise ValueError(f"Unknown preprocessor '{name}'; choose one of {', '.join(PREPROCESSORS)}")
     pre, knobs = PREPROCESSORS[name], knobs or Knobs()
-    knobs.check_ranges()
     if pre.needs_weights and detector is None:
         raise ValueError(f"{pre.label} needs its annotator network; ask the model manager for it")
     rgb = to_rgb_array(image)

@@ -18,18 +18,21 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from studio.generate import MAX_SEED, make_scheduler, snap_size
-from studio.params import Ranged, ranged
-from studio.jobs import Cancelled, StepFn, StopFn
 from studio.images import flatten_alpha
-from studio.models import decode_latents, encode_image, to_images
+from studio.jobs import Cancelled, StepFn, StopFn
+from studio.params import Params, ranged
+from studio.sampling import (decode_latents, encode_image, guided, make_scheduler, pick_seed, seed_field, snap_size,
+                             text_context, to_images)
 
 MAX_SIDE = 1024  # larger guides are scaled down (with a note): memory grows with the square of the side
 N_PREVIEWS = 4  # predicted-x0 views kept along the way
 
 
 @dataclass
-class SDEditParams(Ranged):
+class SDEditParams(Params):
+    """One SDEdit run. `t0` is the paper's t0, diffusers' `strength` (StableDiffusionImg2ImgPipeline); `repeats` is
+    the paper's K."""
+
     prompt: str = ""
     negative_prompt: str = ""
     t0: float = ranged(0.5, 0.05, 1.0, 0.01, "Noise level. Low keeps the guide (faithful); high follows the model.")
@@ -38,8 +41,17 @@ class SDEditParams(Ranged):
                                          "colours at low t0.")
     eta: float = ranged(0.0, 0, 1, 0.05, "0: deterministic ODE (DDIM); 1: fresh noise each step, as the paper's SDE.")
     repeats: int = ranged(1, 1, 5, 1, "K in the paper: noise and denoise K times.")
-    seed: int = ranged(0, -1, MAX_SEED, 1, "-1 picks a random seed.")
+    seed: int = seed_field(0)
     feather: int = ranged(0, 0, 32, 1, "Soften the mask edge over this many pixels, inside the mask only.")
+
+
+@dataclass
+class CompositeParams(Params):
+    """Where `composite` pastes the second image: its centre as fractions of the guide, its width as a share."""
+
+    x: float = ranged(0.5, 0, 1, 0.01, "Centre of the pasted image, as a fraction of the guide's width.")
+    y: float = ranged(0.5, 0, 1, 0.01, "Centre of the pasted image, as a fraction of the guide's height.")
+    scale: float = ranged(0.4, 0.1, 1, 0.05, "Width of the pasted image, as a share of the guide's.")
 
 
 @dataclass
@@ -64,7 +76,8 @@ def prepare_guide(image: Image.Image, warnings: list[str]) -> Image.Image:
                              Image.LANCZOS)
     if min(image.size) < 64:
         raise ValueError(f"The guide is {image.width}×{image.height}; it needs at least 64 pixels a side.")
-    size = (snap_size(image.width, "width", warnings), snap_size(image.height, "height", warnings))
+    size = (snap_size(image.width, "width", warnings, hi=MAX_SIDE), snap_size(image.height, "height", warnings,
+                                                                             hi=MAX_SIDE))
     return image.resize(size, Image.LANCZOS) if size != image.size else image
 
 
@@ -85,11 +98,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
                mask: Image.Image | np.ndarray | None = None, on_step: StepFn | None = None,
                should_stop: StopFn | None = None) -> SDEditResult:
     """SDEdit one guide (Algorithm 1, or Algorithm 2 with `mask`). `pipe` comes from `ModelManager.lend`."""
-    # 1. Check inputs
-    if not 0 < params.t0 <= 1:
-        raise ValueError("t0 must be in (0, 1]")
-    if params.repeats < 1 or params.steps < 1:
-        raise ValueError("repeats and steps must be at least 1")
+    # 1. Check inputs (the ranges were checked when `params` was built)
     warnings: list[str] = []
     given_size = guide.size
     guide = prepare_guide(guide, warnings)
@@ -102,14 +111,13 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
         weight = soft_mask(array, guide.size, params.feather)
         if not weight.any():
             raise ValueError("The mask is empty: paint the region that may change in white.")
-    seed = int(np.random.default_rng().integers(MAX_SEED)) if params.seed < 0 else params.seed
+    seed = pick_seed(params.seed)
     generator = torch.Generator("cpu").manual_seed(seed)
     device, dtype = pipe.unet.device, pipe.unet.dtype
 
     # 2. Text embeddings (conditional and, with guidance, unconditional)
     use_cfg = params.cfg > 1
-    cond, uncond = pipe.encode_prompt(params.prompt, device, 1, use_cfg, params.negative_prompt or None)
-    context = torch.cat([uncond, cond]) if use_cfg else cond
+    context, _ = text_context(pipe, params.prompt, params.negative_prompt, use_cfg)
 
     # 3. Timesteps: the last t0 fraction of a `steps`-step DDIM schedule
     scheduler = make_scheduler("DDIM", pipe.scheduler.config)
@@ -144,8 +152,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
                 model_in = torch.cat([x] * 2) if use_cfg else x
                 pred = pipe.unet(model_in, t, encoder_hidden_states=context).sample  # ε or v: the scheduler knows
             if use_cfg:
-                pred_uncond, pred_cond = pred.chunk(2)
-                pred = pred_uncond + params.cfg * (pred_cond - pred_uncond)
+                pred = guided(*pred.chunk(2), params.cfg)
             out = scheduler.step(pred, t, x, eta=params.eta, generator=generator)
             x = out.prev_sample
             if m is not None:
@@ -237,8 +244,7 @@ def composite(base: Image.Image, patch: Image.Image, x: float, y: float,
               scale: float) -> tuple[Image.Image, np.ndarray]:
     """Paste `patch` onto `base` (its centre at fractions x, y of the base; its width `scale` of the base's) and return
     the collage with the mask of the pasted region, for SDEdit to harmonise only that region."""
-    if not 0 < scale <= 1:
-        raise ValueError("scale must be in (0, 1]")
+    CompositeParams(x=x, y=y, scale=scale)  # the ranges the tab's sliders show
     base = base.convert("RGB")
     width = max(8, round(base.width * scale))
     patch = patch.convert("RGBA").resize((width, max(8, round(patch.height * width / patch.width))), Image.LANCZOS)

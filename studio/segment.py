@@ -21,9 +21,6 @@ PALETTE_PATH = Path(__file__).resolve().parents[1] / "presets" / "ade20k_palette
 # (150, 3) uint8, row = class id. Road (6) and skyscraper (48) share a colour in the original; kept, since the
 # ControlNet was trained on these exact colours.
 ADE20K_PALETTE = np.array([c["rgb"] for c in json.loads(PALETTE_PATH.read_text())["classes"]], dtype=np.uint8)
-# UperNet + ConvNeXt-S on ADE20K, 512x512, as diffusers' ControlNet seg docs use. Its main branch ships
-# pytorch_model.bin only (a plain state dict, loaded with torch.load(weights_only=True)): use_safetensors=False.
-SEGMENTER_REPO = "openmmlab/upernet-convnext-small"
 
 
 @dataclass

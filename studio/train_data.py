@@ -8,20 +8,16 @@ before the first step; a step only indexes the cache.
 import hashlib
 import io
 import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from studio.generate import GenerateParams, run_generate
 from studio.images import flatten_alpha
 from studio.jobs import StopFn
-from studio.models import ModelManager, encode_image
-
-if TYPE_CHECKING:
-    from studio.trainer import TrainParams
+from studio.models import ModelManager
+from studio.sampling import encode_image, txt2img
 
 MIN_IMAGES, MAX_IMAGES = 3, 20
 RANDOM_CROPS = 4  # crops cached per image with crop="random"
@@ -61,34 +57,32 @@ def views(image: Image.Image, resolution: int, crop: str, flip: bool, generator:
     return crops + [ImageOps.mirror(c) for c in crops] if flip else crops
 
 
-def encode_views(pipe: Any, images: list[Image.Image], params: "TrainParams", generator: torch.Generator, *,
-                 augment: bool = True) -> torch.Tensor:
+def encode_views(pipe: Any, images: list[Image.Image], resolution: int, crop: str, flip: bool,
+                 generator: torch.Generator) -> torch.Tensor:
     """VAE latents of every view of every image, (N, C, h, w) on the UNet's device and dtype."""
-    crop, flip = (params.crop, params.flip) if augment else ("center", False)
-    every = [v for image in images for v in views(image, params.resolution, crop, flip, generator)]
+    every = [v for image in images for v in views(image, resolution, crop, flip, generator)]
     return torch.cat([encode_image(pipe, v) for v in every])
 
 
-def class_images(manager: ModelManager, spec: str, params: "TrainParams", cache: Path,
+def class_images(manager: ModelManager, spec: str, class_prompt: str, n: int, resolution: int, cache: Path,
                  should_stop: StopFn | None = None) -> list[Image.Image]:
-    """`num_class_images` images of the class prompt drawn by the base model (seeds 0, 1, ...), cached on disk under
-    a key of the model, prompt and resolution, so later jobs of the same class reuse them."""
-    key = hashlib.sha1(json.dumps([manager.resolve(spec).location, params.class_prompt, params.resolution])
+    """`n` images of the class prompt drawn by the base model (seeds 0, 1, ...), cached on disk under a key of the
+    model, prompt and resolution, so later jobs of the same class reuse them."""
+    key = hashlib.sha1(json.dumps([manager.resolve(spec).location, class_prompt, resolution])
                        .encode()).hexdigest()[:12]
     folder = cache / key
     folder.mkdir(parents=True, exist_ok=True)
     have = len(list(folder.glob("*.png")))
-    while have < params.num_class_images:
-        n = min(CLASS_BATCH, params.num_class_images - have)
+    while have < n:
+        batch = min(CLASS_BATCH, n - have)
         with manager.lend(spec) as pipe:
             pipe.set_progress_bar_config(disable=True)
-            result = run_generate(pipe, GenerateParams(params.class_prompt, seed=have, width=params.resolution,
-                                                       height=params.resolution, n_images=n),
-                                  should_stop=should_stop)
-        for i, image in enumerate(result.images):
+            images = txt2img(pipe, class_prompt, seed=have, n=batch, width=resolution, height=resolution,
+                             should_stop=should_stop)
+        for i, image in enumerate(images):
             image.save(folder / f"{have + i:05d}.png")
-        have += n
-    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))[: params.num_class_images]]
+        have += batch
+    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))[:n]]
 
 
 def check_new_job(folder: Path) -> None:
@@ -101,13 +95,13 @@ def check_resumable(folder: Path) -> None:
         raise ValueError(f"There is no job named {folder.name!r} to resume.")
 
 
-def save_job(folder: Path, spec: str, params: "TrainParams", images: list[Image.Image]) -> None:
+def save_job(folder: Path, spec: str, settings: dict, images: list[Image.Image]) -> None:
     """The job's images and settings, so it can resume without the browser that started it."""
     check_new_job(folder)
     (folder / "instance").mkdir(parents=True)
     for i, image in enumerate(images):
         image.save(folder / "instance" / f"{i:02d}.png")
-    (folder / "job.json").write_text(json.dumps({"model": spec, "params": asdict(params)}, indent=2))
+    (folder / "job.json").write_text(json.dumps({"model": spec, "params": settings}, indent=2))
 
 
 def load_job(folder: Path) -> tuple[str, dict, list[Image.Image]]:

@@ -32,11 +32,11 @@ from diffusers.optimization import get_scheduler
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from studio.generate import MAX_SEED, GenerateParams, run_generate
 from studio.jobs import Cancelled, StopFn
 from studio.lora import activate, deactivate, remove_adapter, save_lora, tuner_layers
 from studio.models import ModelManager
-from studio.params import Ranged, ranged
+from studio.params import Params, choice, ranged
+from studio.sampling import seed_field, txt2img
 from studio.train_data import check_images, class_images, encode_views, load_job, save_job
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets" / "train.yaml"
@@ -46,7 +46,8 @@ PRESETS = Path(__file__).resolve().parents[1] / "presets" / "train.yaml"
 TARGETS = {"attention": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
            "kv": r".*attn2\.(to_k|to_v)"}
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-SCHEDULES = ("constant", "cosine")
+TARGET_LABELS = {"attention": "attention blocks (LoRA, kohya's layers)",
+                 "kv": "cross-attention K/V only (Custom Diffusion style)"}
 VALIDATION_SEEDS = 2  # images per validation prompt, seeds 0 and 1 at every validation
 VALIDATION_STEPS = 20
 COMMON_BELOW = 30000  # CLIP token ids below this are frequent words (see identifier_report)
@@ -57,8 +58,10 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainParams(Ranged):
-    """One training job. Field metadata gives the UI its ranges and help; presets/train.yaml names good sets."""
+class TrainParams(Params):
+    """One training job. Field metadata gives the UI its ranges and help; presets/train.yaml names good sets. Names
+    as in diffusers' train_dreambooth_lora.py: `prior_loss_weight` is λ of Eq. 2, `num_class_images` the prior's
+    images, `rank` and `alpha` LoRA's r and α."""
 
     instance_prompt: str = "a photo of sks dog"
     identifier: str = "sks"
@@ -69,44 +72,38 @@ class TrainParams(Ranged):
     rank: int = ranged(4, 1, 128, 1, "r: rank of each LoRA update; larger learns more, files grow.")
     alpha: float = ranged(4, 1, 128, 1, "α: the update is scaled by α/r.")
     lr: float = ranged(1e-4, 1e-6, 1e-2, 1e-6, "Learning rate of AdamW.")
-    lr_schedule: str = "constant"
+    lr_schedule: str = choice("constant", ("constant", "cosine"), "How the learning rate changes over the steps.")
     steps: int = ranged(500, 1, 10000, 10, "Optimisation steps.")
     batch: int = ranged(1, 1, 16, 1, "Instance images per step (as many class images are added with the prior).")
     resolution: int = ranged(512, 64, 1024, 8, "Training images are scaled and cropped to this square.")
-    crop: str = "center"
+    crop: str = choice("center", ("center", "random"), "Which square of each image is trained on.")
     flip: bool = True
-    seed: int = ranged(0, 0, MAX_SEED, 1, "Seed of augmentation, noise and timesteps: same seed, same LoRA.")
-    target: str = "attention"
+    seed: int = seed_field(0, "Seed of augmentation, noise and timesteps: same seed, same LoRA.", random=False)
+    target: str = choice("attention", TARGET_LABELS, "Which layers get LoRA updates.")
     train_text_encoder: bool = False
     min_snr_gamma: float = ranged(0.0, 0, 20, 0.5, "γ of min-SNR weighting (5 in the paper); 0 turns it off.")
     validate_every: int = ranged(100, 0, 5000, 10, "Draw the validation prompts every N steps (0: start and end).")
     validation_prompts: list[str] = field(default_factory=list)  # empty: the instance and class prompts
     checkpoint_every: int = ranged(250, 0, 5000, 10, "Save a resumable checkpoint every N steps (0: only on cancel).")
 
+    def check(self) -> None:
+        words = self.instance_prompt.replace(",", " ").split()
+        if not self.instance_prompt.strip():
+            raise ValueError("The instance prompt is empty: describe the subject with the identifier, e.g. "
+                             "'a sks dog'.")
+        if not self.identifier.strip() or self.identifier.strip() not in words:
+            raise ValueError(f"The instance prompt must contain the identifier {self.identifier!r} as a word, e.g. "
+                             f"'a {self.identifier or 'sks'} dog'.")
+        if self.prior_preservation and not self.class_prompt.strip():
+            raise ValueError("Prior preservation needs a class prompt, e.g. 'a dog'.")
+        if self.identifier in self.class_prompt.split():
+            raise ValueError("The class prompt must not contain the identifier: it describes any member of the "
+                             "class.")
+        if self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8; got {self.resolution}.")
+
     def prompts(self) -> list[str]:
         return self.validation_prompts or [p for p in (self.instance_prompt, self.class_prompt) if p.strip()]
-
-
-def check_params(params: TrainParams) -> TrainParams:
-    """A concise error for anything the job cannot run with."""
-    words = params.instance_prompt.replace(",", " ").split()
-    if not params.instance_prompt.strip():
-        raise ValueError("The instance prompt is empty: describe the subject with the identifier, e.g. 'a sks dog'.")
-    if not params.identifier.strip() or params.identifier.strip() not in words:
-        raise ValueError(f"The instance prompt must contain the identifier {params.identifier!r} as a word, e.g. "
-                         f"'a {params.identifier or 'sks'} dog'.")
-    if params.prior_preservation and not params.class_prompt.strip():
-        raise ValueError("Prior preservation needs a class prompt, e.g. 'a dog'.")
-    if params.identifier in params.class_prompt.split():
-        raise ValueError("The class prompt must not contain the identifier: it describes any member of the class.")
-    choices = {"lr_schedule": SCHEDULES, "crop": ("center", "random"), "target": tuple(TARGETS)}
-    for name, allowed in choices.items():
-        if getattr(params, name) not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(params, name)!r}.")
-    params.check_ranges()
-    if params.resolution % 8:
-        raise ValueError(f"resolution must be a multiple of 8; got {params.resolution}.")
-    return params
 
 
 def presets(path: Path = PRESETS) -> dict[str, dict[str, Any]]:
@@ -156,9 +153,9 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         spec, saved, images = load_job(folder)
         params = TrainParams(**{**saved, "steps": max(saved["steps"], params.steps if params else 0)})
     else:
-        params = check_params(params or TrainParams())
+        params = params or TrainParams()
         images = check_images(images or [])
-        save_job(folder, spec, params, images)
+        save_job(folder, spec, asdict(params), images)
     state.total = params.steps
     pipe = manager.base(spec)
     unet, text_encoder = pipe.unet, pipe.text_encoder
@@ -168,16 +165,17 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
 
     # 2. Caches: latents of every augmented view, prompt tokens and embeddings, the class images' latents
     with manager.gpu_lock:
-        latents = encode_views(pipe, images, params, generator)
+        latents = encode_views(pipe, images, params.resolution, params.crop, params.flip, generator)
         ids = pipe.tokenizer([params.instance_prompt, params.class_prompt], padding="max_length", truncation=True,
                              max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
         with torch.no_grad():
             embeddings = text_encoder(ids)[0]
     prior = None
     if params.prior_preservation:
-        drawn = class_images(manager, spec, params, folder.parent / ".class-images", should_stop)
+        drawn = class_images(manager, spec, params.class_prompt, params.num_class_images, params.resolution,
+                             folder.parent / ".class-images", should_stop)
         with manager.gpu_lock:
-            prior = encode_views(pipe, drawn, params, generator, augment=False)
+            prior = encode_views(pipe, drawn, params.resolution, "center", False, generator)
 
     # 3. Adapters on the shared models (trainable weights in fp32), optimizer, schedule, checkpoint
     name = "train-" + folder.name.replace(".", "_")  # torch module names cannot hold dots
@@ -304,10 +302,9 @@ def _validate(manager: ModelManager, spec: str, folder: Path, params: TrainParam
             activate(layers, [name])
         try:
             for p, prompt in enumerate(params.prompts()):
-                result = run_generate(pipe, GenerateParams(prompt, seed=0, steps=VALIDATION_STEPS,
-                                                           width=params.resolution, height=params.resolution,
-                                                           n_images=VALIDATION_SEEDS))
-                for seed, image in enumerate(result.images):
+                images = txt2img(pipe, prompt, seed=0, n=VALIDATION_SEEDS, steps=VALIDATION_STEPS,
+                                 width=params.resolution, height=params.resolution)
+                for seed, image in enumerate(images):
                     path = out / f"step-{step:06d}-p{p}-s{seed}.png"
                     image.save(path)
                     state.validation.append((step, f"step {step} · {prompt} · seed {seed}", path))

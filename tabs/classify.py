@@ -6,8 +6,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio.classify import SCHEDULES, ClassifyParams, LOSSES, class_presets, classify, classify_batch, plan
-from tabs import GPU, StudioContext, slider, user_errors
+from studio.classify import (SCHEDULES, ClassifyParams, class_presets, classify, classify_batch, opening_list,
+                             plan)
+from tabs import GPU, Form, StudioContext, build, choices, seed_box, slider, user_errors
 
 CUSTOM = "custom"
 SHOWN = 10  # bars in the ranking chart; more would make the labels unreadable
@@ -34,8 +35,7 @@ class ClassifyTab:
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
         self.presets = class_presets()
-        shapes = "shapes" in ctx.manager.resolve(ctx.model).name.lower()
-        preset = "Shapes" if shapes else "CIFAR-10"
+        preset = opening_list(ctx.family)
         classes, templates = self.presets[preset]
         with gr.Tab(self.LABEL, id=self.TAB_ID):
             gr.Markdown(EXPLAIN)
@@ -55,12 +55,12 @@ class ClassifyTab:
                                                  "then 500 keep 1 · exhaustive: 100 samples for every class")
                         self.custom = gr.Textbox("10:5, 50:1", label="Custom stages (samples:kept)", visible=False)
                     with gr.Accordion("More settings", open=False):
-                        self.loss = gr.Radio(list(LOSSES), value=ClassifyParams.loss, label="Error",
-                                             info="How the noise prediction error is measured (the paper: l2).")
-                        self.seed = gr.Number(0, label="Seed", precision=0, info=ClassifyParams.meta("seed")["help"])
+                        self.loss = choices(ClassifyParams, "loss", "Error", radio=True)
+                        self.seed = seed_box(ClassifyParams)
                         self.batch = slider(ClassifyParams, "batch", "Batch")
                     self.cost = gr.Markdown(self.estimate("\n".join(classes), "\n".join(templates), "fast", "",
-                                                          ClassifyParams.loss, 0, ClassifyParams.batch),
+                                                          ClassifyParams.default("loss"), 0,
+                                                          ClassifyParams.default("batch")),
                                             elem_id="classify-cost")
                     with gr.Row():
                         self.run = gr.Button("Classify", variant="primary", elem_id="classify-run")
@@ -94,10 +94,14 @@ class ClassifyTab:
                              queue=False)
         for component in (self.classes, self.templates, self.schedule, self.custom):
             component.change(self.estimate, settings, self.cost, api_name=False, queue=False)
-        event = self.run.click(self.classify, [self.image, *settings],
+        # The API's argument order of `classify` and `classify_batch`: the image(s), then the settings.
+        named = dict(classes=self.classes, templates=self.templates, schedule=self.schedule, custom=self.custom,
+                     loss=self.loss, seed=self.seed, batch=self.batch)
+        one, many = Form(image=self.image, **named), Form(archive=self.archive, folder=self.folder, **named)
+        event = self.run.click(one.bind(self.classify), one.components,
                                [self.info, self.ranking, self.curves, self.stages], api_name="classify",
                                concurrency_id=GPU)
-        batch = self.run_batch.click(self.batch_run, [self.archive, self.folder, *settings],
+        batch = self.run_batch.click(many.bind(self.batch_run), many.components,
                                      [self.accuracy, self.confusion, self.per_image], api_name="classify_batch",
                                      concurrency_id=GPU)
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event, batch], api_name="cancel_classify", queue=False)
@@ -107,14 +111,15 @@ class ClassifyTab:
         return "\n".join(classes), "\n".join(templates)
 
     @staticmethod
-    def _params(templates: str, schedule: str, custom: str, loss: str, seed: float | None, batch: float):
-        return ClassifyParams(templates.splitlines(), parse_stages(schedule, custom), loss, int(seed or 0),
-                              int(batch))
+    def _params(values: dict) -> ClassifyParams:
+        return build(ClassifyParams, values, templates=(values["templates"] or "").splitlines(),
+                     stages=parse_stages(values["schedule"], values["custom"] or ""))
 
     def estimate(self, classes, templates, schedule, custom, loss, seed, batch) -> str:
         try:
-            params = self._params(templates, schedule, custom, loss, seed, batch)
-            n = len([c for c in classes.splitlines() if c.strip()])
+            params = self._params(dict(templates=templates, schedule=schedule, custom=custom, loss=loss, seed=seed,
+                                       batch=batch))
+            n = len([c for c in (classes or "").splitlines() if c.strip()])
             calls, sizes = plan(n, params)
         except ValueError as error:
             return f"⚠️ {error}"
@@ -122,14 +127,13 @@ class ClassifyTab:
         return f"**Cost:** {calls:,} UNet evaluations ({stages})."
 
     @user_errors
-    def classify(self, image, classes, templates, schedule, custom, loss, seed, batch, request: gr.Request,
-                 progress=gr.Progress()):
-        if image is None:
+    def classify(self, values: dict, request: gr.Request, progress: gr.Progress):
+        if values["image"] is None:
             raise ValueError("Upload an image to classify.")
-        params = self._params(templates, schedule, custom, loss, seed, batch)
+        params = self._params(values)
         started = time.perf_counter()
-        result = self.ctx.run_job(request, progress, classify, image, classes.splitlines(), params,
-                                  unit="UNet calls")
+        result = self.ctx.run_job(request, progress, classify, values["image"], (values["classes"] or "").splitlines(),
+                                  params, unit="UNet calls")
         seconds = time.perf_counter() - started
         info = (f"### Prediction: **{result.label}**\n{result.unet_calls:,} UNet evaluations in {seconds:.1f} s "
                 f"({result.unet_calls / seconds:,.0f}/s). Errors of classes pruned early are over fewer samples.")
@@ -142,19 +146,18 @@ class ClassifyTab:
         return info, bars, curves, stages
 
     @user_errors
-    def batch_run(self, archive, folder, classes, templates, schedule, custom, loss, seed, batch,
-                  request: gr.Request, progress=gr.Progress()):
-        source = Path(archive) if archive else Path(folder.strip()) if folder and folder.strip() else None
+    def batch_run(self, values: dict, request: gr.Request, progress: gr.Progress):
+        archive, folder = values["archive"], (values["folder"] or "").strip()
+        source = Path(archive) if archive else Path(folder) if folder else None
         if source is None or not source.exists():
             raise ValueError("Upload a zip of class folders, or type the path of such a folder on this machine.")
-        params = self._params(templates, schedule, custom, loss, seed, batch)
-        stop = self.ctx.arm(request)
-        with self.ctx.lend(request) as pipe:
-            result = classify_batch(pipe, source, params, self.ctx.outputs / "classify", should_stop=stop.is_set,
-                                    on_image=lambda i, n: progress((i, n), desc="Classifying", unit="images"))
-        if result.skipped:
-            gr.Warning(f"Skipped {len(result.skipped)} file(s) that are not images: "
-                       f"{', '.join(result.skipped[:5])}{' …' if len(result.skipped) > 5 else ''}")
+        params = self._params(values)
+        with self.ctx.job(request, progress) as job:
+            result = classify_batch(job.pipe, source, params, self.ctx.outputs / "classify",
+                                    should_stop=job.should_stop, on_image=job.on_step("Classifying", "images"))
+            if result.skipped:
+                job.warnings.append(f"Skipped {len(result.skipped)} file(s) that are not images: "
+                                    f"{', '.join(result.skipped[:5])}{' …' if len(result.skipped) > 5 else ''}")
         confusion = pd.DataFrame(result.confusion(), index=result.classes, columns=result.classes)
         confusion.insert(0, "truth", result.classes)
         accuracy = (f"**Accuracy: {100 * result.accuracy:.1f}%** on {len(result.rows)} images · "

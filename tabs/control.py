@@ -6,13 +6,14 @@ from dataclasses import dataclass, fields
 import gradio as gr
 from PIL import Image
 
-from studio.control import RESIZE_MODES, UNIT_RANGES, ControlParams, ControlUnit, run_control
-from studio.generate import SCHEDULERS
+from studio.control import MAX_UNITS, ControlParams, ControlUnit, run_control
 from studio.models import ModelUnavailable
-from studio.preprocess import BOOL_HELP, PREPROCESSORS, Knobs, run_preprocessor
-from tabs import GPU, StudioContext, slider, user_errors
+from studio.preprocess import PREPROCESSORS, Knobs, run_preprocessor
+from tabs import (GPU, PRESETS, Form, StudioContext, build, checkbox, choices, model_examples, seed_box, slider,
+                  user_errors)
 
 KNOB_FIELDS = [f.name for f in fields(Knobs) if f.name != "detect_resolution"]
+UNIT_FIELDS = ("enabled", "model", "map", "scale", "start", "end")  # each condition's inputs, in the API's order
 LABELS = {p.label: p.name for p in PREPROCESSORS.values()}
 EXPLAIN = ("Zhang & Agrawala, *ControlNet* (2023): a trainable copy of the UNet's encoder reads a condition map at "
            "every step. Mou et al., *T2I-Adapter* (2023): a small network reads it **once**; its features are "
@@ -56,8 +57,8 @@ class ControlTab:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
-        self.size = ctx.manager.resolve(ctx.model).size
-        self.models = self._models_for(ctx.model)
+        self.size = ctx.size
+        self.models = ctx.manager.controls_for(ctx.model)
         example, caption, example_map = self._example()
         with gr.Tab(self.LABEL, id=self.TAB_ID):
             gr.Markdown(EXPLAIN)
@@ -66,23 +67,18 @@ class ControlTab:
                     self.prompt = gr.Textbox(caption, label="Prompt", elem_id="control-prompt")
                     self.negative = gr.Textbox(label="Negative prompt")
                     self.units = [self._unit(k, example if k == 0 else None, example_map if k == 0 else None)
-                                  for k in range(3)]
+                                  for k in range(MAX_UNITS)]
                     with gr.Accordion("Settings", open=False):
                         self.steps = slider(ControlParams, "steps", "Steps")
                         self.cfg = slider(ControlParams, "cfg", "Guidance (CFG)")
-                        self.seed = gr.Number(0, label="Seed", precision=0, info=ControlParams.meta("seed")["help"])
+                        self.seed = seed_box(ControlParams)
                         with gr.Row():
                             self.width = slider(ControlParams, "width", "Width", value=self.size)
                             self.height = slider(ControlParams, "height", "Height", value=self.size)
-                        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=ControlParams.scheduler,
-                                                     label="Scheduler")
-                        self.resize_mode = gr.Radio(list(RESIZE_MODES), value=ControlParams.resize_mode,
-                                                    label="Fit the maps to the output",
-                                                    info="crop: cover and cut the centre · resize: stretch · "
-                                                         "fill: fit inside, black around")
-                        self.guess = gr.Checkbox(False, label="Guess mode (ControlNet only)",
-                                                 info="Control only the prompt's branch, deep blocks strongest: "
-                                                      "the model guesses more from the map; try an empty prompt.")
+                        self.scheduler = choices(ControlParams, "scheduler", "Scheduler")
+                        self.resize_mode = choices(ControlParams, "resize_mode", "Fit the maps to the output",
+                                                   radio=True)
+                        self.guess = checkbox(ControlParams, "guess_mode", "Guess mode (ControlNet only)")
                         with gr.Row():
                             self.init = gr.Image(label="img2img: start from this image (optional)", type="pil",
                                                  height=160)
@@ -142,12 +138,12 @@ class ControlTab:
                 for name in KNOB_FIELDS:
                     label = name.replace("_", " ").capitalize()
                     visible = name in PREPROCESSORS["canny"].knobs
-                    knobs.append(gr.Checkbox(False, label=label, info=BOOL_HELP[name], visible=visible)
-                                 if name in BOOL_HELP else slider(Knobs, name, label, visible=visible))
+                    knobs.append(checkbox(Knobs, name, label, visible=visible) if "min" not in Knobs.meta(name)
+                                 else slider(Knobs, name, label, visible=visible))
             with gr.Row():
-                scale, start, end = (gr.Slider(lo, hi, step=step, value=ControlUnit.__dataclass_fields__[n].default,
-                                               label=label)
-                                     for n, (lo, hi, step, label) in UNIT_RANGES.items())
+                scale = slider(ControlUnit, "scale", "Strength")
+                start = slider(ControlUnit, "start", "Control starts at")
+                end = slider(ControlUnit, "end", "Control ends at")
             gr.Markdown("Start and end are fractions of the steps. Early steps set the layout, late ones the "
                         "detail: ending early keeps the map's layout but frees the details; starting late lets the "
                         "model choose the layout.")
@@ -155,50 +151,49 @@ class ControlTab:
         return UnitUI(enabled, source, preprocessor, pixel_perfect, detect, knobs, edited, model, scale, start, end,
                       preview)
 
-    def _models_for(self, model: str) -> list[str]:
-        """Catalog ControlNets and adapters of this base model's family (`base:` in models.yaml, default sd15)."""
-        family = model if model in ("shapes", "tiny") else "sd15"
-        return [name for section in ("controlnet", "t2i_adapter")
-                for name, entry in self.ctx.manager.catalog.sections.get(section, {}).items()
-                if entry.get("base", "sd15") == family]
-
     def _kind(self, section: str) -> list[str]:
-        return [m for m in self.models if self.ctx.manager.catalog.find(m)[0] == section]
+        return [m for m in self.models if self.ctx.manager.component_kind(m) == section]
 
     def _example(self) -> tuple[Image.Image | None, str, Image.Image | None]:
-        """A Shapes scene and its Canny map, so Generate works on the first click; other models start empty. The
-        prompt leaves out where the shape is, so the edge map alone places it (Compare shows the difference)."""
-        if "shapes" not in self.ctx.manager.resolve(self.ctx.model).name.lower():
+        """Condition 1's image, its map and the prompt the tab opens with (presets/control.yaml), so Generate works
+        on the first click; models without an example start empty."""
+        example = model_examples("control", self.ctx.family)
+        if not example:
             return None, "", None
-        from studio.shapes.world import PHRASE, sample_scene
-
-        scene = sample_scene(20_003, side=self.size, split="held_out")
-        caption = scene.caption.replace(f" {PHRASE[scene.shapes[0].position]}", "")
-        return scene.image, caption, run_preprocessor("canny", scene.image, Knobs(detect_resolution=self.size))
+        image = Image.open(PRESETS / example["image"]).convert("RGB").resize((self.size, self.size))
+        detected = run_preprocessor(example["preprocessor"], image, Knobs(detect_resolution=max(64, self.size)))
+        return image, example["prompt"], detected
 
     # Wiring
     def _wire(self) -> None:
         size = [self.width, self.height]
         for k, unit in enumerate(self.units):
-            detect_inputs = [unit.image, unit.preprocessor, unit.pixel_perfect, unit.detect_resolution, *size,
-                             *unit.knobs]
+            detect = Form(image=unit.image, preprocessor=unit.preprocessor, pixel_perfect=unit.pixel_perfect,
+                          detect_resolution=unit.detect_resolution, width=self.width, height=self.height,
+                          knobs=unit.knobs)
             unit.preprocessor.change(self.show_knobs, unit.preprocessor, unit.knobs, api_name=False, queue=False)
             unit.pixel_perfect.change(lambda on: gr.update(interactive=not on), unit.pixel_perfect,
                                       unit.detect_resolution, api_name=False, queue=False)
             unit.model.change(self.match_preprocessor, [unit.model, unit.preprocessor], unit.preprocessor,
                               api_name=False, queue=False)
-            unit.preview.click(self.preview, detect_inputs, unit.map, api_name="control_preview" if k == 0 else False,
+            unit.preview.click(detect.bind(self.preview), detect.components, unit.map,
+                               api_name="control_preview" if k == 0 else False,
                                concurrency_id=GPU)
             for trigger in (unit.image.upload, unit.preprocessor.input):  # a new image or detector: a new map
-                trigger(self.preview, detect_inputs, unit.map, api_name=False, concurrency_id=GPU)
-        settings = [self.prompt, self.negative, self.steps, self.cfg, self.seed, self.width, self.height,
-                    self.scheduler, self.guess, self.resize_mode, self.init, self.strength]
-        unit_inputs = [c for u in self.units for c in (u.enabled, u.model, u.map, u.scale, u.start, u.end)]
-        event = self.run.click(self.generate, [*settings, *unit_inputs], [self.output, self.fed, self.info],
+                trigger(detect.bind(self.preview), detect.components, unit.map, api_name=False, concurrency_id=GPU)
+        # The API's argument order of `control` and `control_compare`: the settings, then the units' or the compared
+        # models' inputs.
+        settings = dict(prompt=self.prompt, negative_prompt=self.negative, steps=self.steps, cfg=self.cfg,
+                        seed=self.seed, width=self.width, height=self.height, scheduler=self.scheduler,
+                        guess_mode=self.guess, resize_mode=self.resize_mode, init=self.init, strength=self.strength)
+        units = {f"{name}{k + 1}": getattr(u, name) for k, u in enumerate(self.units) for name in UNIT_FIELDS}
+        form = Form(**settings, **units)
+        event = self.run.click(form.bind(self.generate), form.components, [self.output, self.fed, self.info],
                                api_name="control", concurrency_id=GPU)
-        comparing = self.compare_button.click(
-            self.compare, [*settings, self.units[0].map, self.compare_cn, self.compare_ad],
-            [self.compared, self.compare_info], api_name="control_compare", concurrency_id=GPU)
+        compare = Form(**settings, map1=self.units[0].map, controlnet=self.compare_cn, adapter=self.compare_ad)
+        comparing = self.compare_button.click(compare.bind(self.compare), compare.components,
+                                              [self.compared, self.compare_info], api_name="control_compare",
+                                              concurrency_id=GPU)
         self.all_button.click(self.preview_all, [self.units[0].image, *size], [self.all_maps, self.all_info],
                               api_name="control_all_preprocessors", concurrency_id=GPU)
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event, comparing], api_name="cancel_control",
@@ -219,19 +214,15 @@ class ControlTab:
         return gr.update(value=matching[0]) if matching else gr.update()
 
     @user_errors
-    def preview(self, image, label, pixel_perfect, detect_resolution, width, height, *knob_values):
-        if image is None:
+    def preview(self, values: dict, request: gr.Request, progress: gr.Progress):
+        if values["image"] is None:
             raise ValueError("Upload an image for this condition first (or draw a map directly).")
-        name = LABELS[label]
-        resolution = min(int(width), int(height)) if pixel_perfect else int(detect_resolution)
-        knobs = Knobs(**{"detect_resolution": resolution, **dict(zip(KNOB_FIELDS, knob_values))})
-        detector = self.ctx.manager.annotator(name)
-        return editor_value(run_preprocessor(name, image, knobs, detector))
-
-    def _params(self, prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode,
-                strength) -> ControlParams:
-        return ControlParams(prompt or "", negative or "", -1 if seed is None else int(seed), int(steps), float(cfg),
-                             int(width), int(height), scheduler, bool(guess), resize_mode, float(strength))
+        name = LABELS[values["preprocessor"]]
+        resolution = (min(int(values["width"]), int(values["height"])) if values["pixel_perfect"]
+                      else values["detect_resolution"])
+        knobs = build(Knobs, dict(zip(KNOB_FIELDS, values["knobs"])), detect_resolution=resolution)
+        detector = self.ctx.manager.annotator(name, on_progress=lambda f, what: progress(f, desc=what))
+        return editor_value(run_preprocessor(name, values["image"], knobs, detector))
 
     def _unit_from(self, k: int, model: str, edited: dict | None, scale: float, start: float,
                    end: float) -> ControlUnit:
@@ -240,39 +231,35 @@ class ControlTab:
             raise ValueError(f"Condition {k + 1} has no map: upload an image and press “Preview map”, or draw one.")
         if not model:
             raise ValueError(f"Choose a control model for condition {k + 1}.")
-        return ControlUnit(self.ctx.manager.component(model), condition, float(scale), float(start), float(end),
+        return ControlUnit(self.ctx.manager.component(model), condition, scale=scale, start=start, end=end,
                            name=f"Condition {k + 1} ({model})")
 
     @user_errors
-    def generate(self, prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode, init,
-                 strength, on1, model1, map1, scale1, start1, end1, on2, model2, map2, scale2, start2, end2,
-                 on3, model3, map3, scale3, start3, end3, request: gr.Request, progress=gr.Progress()):
-        params = self._params(prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode,
-                              strength)
-        given = [(on1, model1, map1, scale1, start1, end1), (on2, model2, map2, scale2, start2, end2),
-                 (on3, model3, map3, scale3, start3, end3)]
-        units = [self._unit_from(k, *values[1:]) for k, values in enumerate(given) if values[0]]
+    def generate(self, values: dict, request: gr.Request, progress: gr.Progress):
+        params = build(ControlParams, values)
+        units = [self._unit_from(k, *(values[f"{name}{k + 1}"] for name in UNIT_FIELDS[1:]))
+                 for k in range(MAX_UNITS) if values[f"enabled{k + 1}"]]
         if not units:
             gr.Warning("No condition is switched on: this is a plain text-to-image picture.")
-        result = self.ctx.run_job(request, progress, run_control, units, params, init_image=init)
+        result = self.ctx.run_job(request, progress, run_control, units, params, init_image=values["init"])
         names = ", ".join(f"{u.name} × {u.scale:g} over {u.start:g}–{u.end:g}" for u in units) or "no control"
         info = f"seed {result.seed} · {result.seconds:.2f} s · {names}"
         return result.image, [(m, u.name) for m, u in zip(result.conditions, units)], info
 
     @user_errors
-    def compare(self, prompt, negative, steps, cfg, seed, width, height, scheduler, guess, resize_mode, init,
-                strength, edited, controlnet, adapter, request: gr.Request, progress=gr.Progress()):
-        params = self._params(prompt, negative, steps, cfg, seed if seed is not None and seed >= 0 else 0, width,
-                              height, scheduler, guess, resize_mode, strength)
-        runs = [("no control", [])] + [(f"{kind} {name}", [self._unit_from(0, name, edited, 1.0, 0.0, 1.0)])
-                                       for kind, name in (("ControlNet", controlnet), ("T2I-Adapter", adapter))
-                                       if name]
-        stop = self.ctx.arm(request)
+    def compare(self, values: dict, request: gr.Request, progress: gr.Progress):
+        seed = values["seed"] if values["seed"] is not None and values["seed"] >= 0 else 0  # one seed for every run
+        params = build(ControlParams, values, seed=seed)
+        runs = [("no control", [])] + [(f"{kind} {name}", [self._unit_from(0, name, values["map1"], 1.0, 0.0, 1.0)])
+                                       for kind, name in (("ControlNet", values["controlnet"]),
+                                                          ("T2I-Adapter", values["adapter"])) if name]
         shown, rows = [], []
-        with self.ctx.lend(request) as pipe:
+        with self.ctx.job(request, progress) as job:
             for i, (label, units) in enumerate(runs):
                 progress((i, len(runs)), desc=f"Generating: {label}", unit="images")
-                result = run_control(pipe, units, params, init_image=init, should_stop=stop.is_set)
+                result = run_control(job.pipe, units, params, init_image=values["init"],
+                                     should_stop=job.should_stop)
+                job.warnings += result.warnings
                 shown.append((result.image, f"{label} · {result.seconds:.2f} s"))
                 rows.append((label, result.seconds))
         base = rows[0][1]
@@ -289,7 +276,7 @@ class ControlTab:
         for i, pre in enumerate(PREPROCESSORS.values()):
             progress((i, len(PREPROCESSORS)), desc=pre.label, unit="preprocessors")
             try:
-                detector = self.ctx.manager.annotator(pre.name)
+                detector = self.ctx.manager.annotator(pre.name, on_progress=lambda f, what: progress(f, desc=what))
             except ModelUnavailable:
                 missing.append(pre.label)
                 continue

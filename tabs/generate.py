@@ -5,16 +5,16 @@ from dataclasses import asdict, fields
 
 import gradio as gr
 
-from studio.generate import SCHEDULERS, GenerateParams, read_png_params, run_generate, save_png
-from tabs import GPU, SendTarget, StudioContext, model_examples, slider, user_errors
+from studio.generate import GenerateParams, read_png_params, run_generate, save_png
+from tabs import GPU, Form, SendTarget, StudioContext, build, choices, model_examples, seed_box, slider, user_errors
 
-FIELDS = [f.name for f in fields(GenerateParams)]
+FIELDS = [f.name for f in fields(GenerateParams)]  # the API's argument order of `generate` and `restore_params`
 
 
 class GenerateTab:
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
-        size = ctx.manager.resolve(ctx.model).size
+        size = ctx.size
         with gr.Tab("Generate", id="generate"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
@@ -28,9 +28,7 @@ class GenerateTab:
                         self.run = gr.Button("Generate", variant="primary", scale=3, elem_id="gen-run")
                         self.stop = gr.Button("Cancel", variant="stop", scale=1)
                     with gr.Row(equal_height=True):
-                        meta = GenerateParams.meta("seed")
-                        self.seed = gr.Number(-1, label="Seed", precision=0, minimum=meta["min"],
-                                              maximum=meta["max"], info=meta["help"], scale=3, elem_id="gen-seed")
+                        self.seed = seed_box(GenerateParams, scale=3, elem_id="gen-seed")
                         with gr.Column(scale=1, min_width=120):
                             self.random_seed = gr.Button("Random seed", size="sm")
                             self.reuse_seed = gr.Button("Reuse last seed", size="sm")
@@ -40,9 +38,7 @@ class GenerateTab:
                         self.width = slider(GenerateParams, "width", "Width", value=size)
                         self.height = slider(GenerateParams, "height", "Height", value=size)
                     with gr.Row():
-                        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=GenerateParams.scheduler,
-                                                     label="Scheduler", info="The sampler that walks the noise "
-                                                     "down; DPM++ 2M and UniPC need the fewest steps.")
+                        self.scheduler = choices(GenerateParams, "scheduler", "Scheduler")
                         self.n_images = slider(GenerateParams, "n_images", "Images")
                 with gr.Column(scale=1):
                     self.gallery = gr.Gallery(label="Images", format="png", columns=2, height=520,
@@ -55,30 +51,28 @@ class GenerateTab:
                                              for tab_id, label in ctx.send_to.items()}
                     with gr.Accordion("Restore parameters from a studio PNG", open=False):
                         self.restore = gr.File(label="Drop a PNG made here", file_types=[".png"])
-            gr.Examples(model_examples("generate", ctx.model), inputs=[self.prompt, self.negative_prompt],
+            gr.Examples(model_examples("generate", ctx.family), inputs=[self.prompt, self.negative_prompt],
                         label="Examples")
             # Inside the Tab: a component left directly in gr.Tabs makes Gradio draw the next tab's header twice.
             self.last = gr.State([])  # metadata of the images in the gallery
             self.selected = gr.State(0)
-        self.params = [getattr(self, name) for name in FIELDS]
+        self.form = Form(**{name: getattr(self, name) for name in FIELDS})
         self._wire()
 
     def _wire(self) -> None:
-        event = self.run.click(self.generate, inputs=self.params, outputs=[self.gallery, self.info, self.last],
-                               api_name="generate", concurrency_id=GPU, concurrency_limit=1)
+        event = self.run.click(self.form.bind(self.generate, track_tqdm=True), self.form.components,
+                               [self.gallery, self.info, self.last], api_name="generate", concurrency_id=GPU,
+                               concurrency_limit=1)
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event], api_name="cancel_generate", queue=False)
         self.random_seed.click(lambda: -1, None, self.seed, api_name=False, queue=False)
         self.reuse_seed.click(lambda last: last[0]["seed"] if last else -1, self.last, self.seed, api_name=False,
                               queue=False)
         self.gallery.select(self.select, None, self.selected, api_name=False, queue=False)
-        self.restore.upload(self.restore_params, self.restore, self.params, api_name="restore_params")
+        self.restore.upload(self.restore_params, self.restore, self.form.components, api_name="restore_params")
 
     @user_errors
-    def generate(self, prompt: str, negative_prompt: str, seed: float | None, steps: float, cfg: float, width: float,
-                 height: float, scheduler: str, n_images: float, request: gr.Request,
-                 progress=gr.Progress(track_tqdm=True)):
-        params = GenerateParams(prompt or "", negative_prompt or "", -1 if seed is None else int(seed), int(steps),
-                                float(cfg), int(width), int(height), scheduler, int(n_images))
+    def generate(self, values: dict, request: gr.Request, progress: gr.Progress):
+        params = build(GenerateParams, values)
         started = time.perf_counter()
         result = self.ctx.run_job(request, progress, run_generate, params, model_name=self.ctx.model)
         stamp = time.strftime("%Y%m%d-%H%M%S")

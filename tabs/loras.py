@@ -2,8 +2,8 @@
 
 import gradio as gr
 
-from studio.lora import library
-from tabs import StudioContext, session, user_errors
+from studio.lora import LoraUse, library
+from tabs import StudioContext, session, slider, user_errors
 
 SLOTS = 2
 
@@ -18,8 +18,7 @@ class LoraBar:
                     name = gr.Dropdown([], value=None, label=f"LoRA {k + 1}", elem_id=f"lora-{k + 1}",
                                        allow_custom_value=True,
                                        info="From the library the Train tab fills (outputs/loras)")
-                    scale = gr.Slider(0, 1.5, value=1.0, step=0.05, label=f"Scale {k + 1}",
-                                      info="0 is exactly the base model")
+                    scale = slider(LoraUse, "scale", f"Scale {k + 1}")
                     self.slots.append((name, scale))
             self.active = gr.Markdown("No LoRA applied.", elem_id="lora-active")
         inputs = [c for slot in self.slots for c in slot]
@@ -36,7 +35,7 @@ class LoraBar:
 
     @user_errors
     def pick(self, name1, scale1, name2, scale2, request: gr.Request):
-        picked = [(n, float(s)) for n, s in ((name1, scale1), (name2, scale2)) if n]
+        picked = [(n, LoraUse(n, float(s)).scale) for n, s in ((name1, scale1), (name2, scale2)) if n]
         known = library(self.ctx.lora_root)
         if missing := [n for n, _ in picked if n not in known]:
             raise ValueError(f"No finished LoRA named {', '.join(missing)} in {self.ctx.lora_root}.")

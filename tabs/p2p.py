@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from studio.inversion import invert, inversion_key
-from studio.p2p import EDITS, P2PParams, P2PResult, run_p2p
-from tabs import GPU, SendTarget, StudioContext, model_examples, slider, user_errors
+from studio.p2p import WEIGHT_RANGE, P2PParams, P2PResult, run_p2p
+from tabs import GPU, Form, SendTarget, StudioContext, build, choices, model_examples, seed_box, slider, user_errors
 
 EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edited prompt are drawn together from "
            "the same noise; for the first part of the schedule the edit reuses the source's cross-attention maps, so "
@@ -15,7 +15,6 @@ EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edi
            "**refine** adds words, **reweight** turns a word's attention up or down (the sliders work with every "
            "edit). **LocalBlend** keeps the edit inside where the chosen words attend.")
 MAX_WEIGHT_WORDS = 12
-WEIGHT_RANGE = (-1, 10)  # the paper's notebook turns "smiling" up 5x and "cloudy" up to 20x; -1 inverts a word
 
 
 def heat(values: np.ndarray, size: int) -> Image.Image:
@@ -50,7 +49,7 @@ class P2PTab:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
-        examples = model_examples("p2p", ctx.model)
+        examples = model_examples("p2p", ctx.family)
         labels, examples = [row[0] for row in examples], [self.example(*row[1:]) for row in examples]
         # The tab opens with the model's first example.
         source, target, edit, blend, cfg, seed, words, *values = examples[0]
@@ -63,7 +62,7 @@ class P2PTab:
                     self.source_prompt = gr.Textbox(source, label="Source prompt", elem_id="p2p-source")
                     self.target_prompt = gr.Textbox(target, label="Edited prompt", elem_id="p2p-target",
                                                     info="Reweight alone may leave this empty.")
-                    self.edit = gr.Radio(list(EDITS), value=edit, label="Edit")
+                    self.edit = choices(P2PParams, "edit", "Edit", radio=True, value=edit)
                     with gr.Accordion("Edit a real image (DDIM + null-text inversion)", open=False):
                         self.real = gr.Image(label="Real image (the source prompt must describe it)", type="pil",
                                              height=200, elem_id="p2p-real")
@@ -99,7 +98,7 @@ class P2PTab:
                     with gr.Accordion("More settings", open=False):
                         self.steps = slider(P2PParams, "steps", "Steps")
                         self.cfg = slider(P2PParams, "cfg", "Guidance (CFG)", value=cfg)
-                        self.seed = gr.Number(seed, label="Seed", precision=0, info=P2PParams.meta("seed")["help"])
+                        self.seed = seed_box(P2PParams, value=seed)
                     with gr.Row():
                         self.run = gr.Button("Edit", variant="primary", elem_id="p2p-run")
                         self.stop = gr.Button("Cancel", variant="stop")
@@ -116,7 +115,8 @@ class P2PTab:
                     self.info = gr.Markdown()
                     with gr.Accordion("Attention explorer", open=True):
                         with gr.Row():
-                            self.upto = gr.Slider(1, P2PParams.steps, value=P2PParams.steps, step=1,
+                            self.upto = gr.Slider(1, P2PParams.default("steps"), value=P2PParams.default("steps"),
+                                                  step=1,
                                                   label="Average over steps 1…")
                             self.side = gr.Dropdown(["all"], value="all", label="Resolution")
                         self.source_maps = gr.Gallery(label="Source: cross-attention per token", columns=6,
@@ -134,14 +134,21 @@ class P2PTab:
     def _wire(self) -> None:
         # One slider per word of the edited prompt: a fixed set, relabelled and shown as the prompt changes, so the
         # event (and its API) stays the same whatever the prompt.
+        words = Form(target=self.target_prompt, source=self.source_prompt, before=self.weighted, weights=self.weights)
+        relabel = words.bind(lambda v, request, progress: self.relabel(v["target"], v["source"], v["before"],
+                                                                        v["weights"]))
         for prompt in (self.target_prompt, self.source_prompt):
-            prompt.change(self.relabel, [self.target_prompt, self.source_prompt, self.weighted, *self.weights],
-                          [self.weighted, *self.weights], api_name=False, queue=False)
-        inputs = [self.source_prompt, self.target_prompt, self.edit, self.cross_start, self.cross_end,
-                  self.word_windows, self.self_end, self.blend_words, self.blend_threshold, self.blend_levels,
-                  self.steps, self.cfg, self.seed, self.real, self.inversion, *self.weights]
-        event = self.run.click(self.p2p, inputs, [self.source, self.edited, self.info, self.result, self.side,
-                                                  self.mask, self.inversion], api_name="p2p", concurrency_id=GPU)
+            prompt.change(relabel, words.components, [self.weighted, *self.weights], api_name=False, queue=False)
+        # The API's argument order of `p2p`.
+        form = Form(source_prompt=self.source_prompt, target_prompt=self.target_prompt, edit=self.edit,
+                    cross_start=self.cross_start, cross_end=self.cross_end, word_windows=self.word_windows,
+                    self_end=self.self_end, blend_words=self.blend_words, blend_threshold=self.blend_threshold,
+                    blend_levels=self.blend_levels, steps=self.steps, cfg=self.cfg, seed=self.seed, real=self.real,
+                    inversion=self.inversion, weights=self.weights)
+        event = self.run.click(form.bind(self.p2p), form.components, [self.source, self.edited, self.info,
+                                                                      self.result, self.side, self.mask,
+                                                                      self.inversion],
+                               api_name="p2p", concurrency_id=GPU)
         event.then(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
                    api_name=False)
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event], api_name="cancel_p2p", queue=False)
@@ -164,39 +171,34 @@ class P2PTab:
                 *[1] * (MAX_WEIGHT_WORDS - len(words))]
 
     @classmethod
-    def relabel(cls, target: str, source: str, before: str, *values: float) -> list:
+    def relabel(cls, target: str, source: str, before: str, weights: list[float]) -> list:
         """Sliders for the words of the prompt as typed; a word still there keeps its weight, so typing another word
         does not reset the ones already set."""
-        kept = dict(zip((before or "").split(), values))
+        kept = dict(zip((before or "").split(), weights))
         words = cls.words(target, source)
         return [" ".join(words), *(gr.update(label=words[i], visible=True, value=kept.get(words[i], 1))
                                    if i < len(words) else gr.update(visible=False) for i in range(MAX_WEIGHT_WORDS))]
 
     @user_errors
-    def p2p(self, source, target, edit, cross_start, cross_end, word_windows, self_end, blend_words, blend_threshold,
-            blend_levels, steps, cfg, seed, real, cached, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11,
-            request: gr.Request, progress=gr.Progress()):
-        # Named slider parameters, not *weights: Gradio injects `request` and `progress` only into fixed signatures.
-        weights = dict(zip(self.words(target, source), (w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11)))
-        params = P2PParams(source or "", target or "", edit, {w: float(v) for w, v in weights.items() if v != 1},
-                           float(cross_start), float(cross_end), parse_windows(word_windows), float(self_end),
-                           (blend_words or "").split(), [int(level) for level in blend_levels or []],
-                           float(blend_threshold), int(steps), float(cfg), -1 if seed is None else int(seed))
-        stop = self.ctx.arm(request)
+    def p2p(self, values: dict, request: gr.Request, progress: gr.Progress):
+        source, target, real, cached = (values[k] for k in ("source_prompt", "target_prompt", "real", "inversion"))
+        weights = dict(zip(self.words(target, source), values["weights"]))
+        params = build(P2PParams, values, weights={w: float(v) for w, v in weights.items() if v != 1},
+                       word_windows=parse_windows(values["word_windows"]),
+                       blend_words=(values["blend_words"] or "").split(),
+                       blend_levels=[int(level) for level in values["blend_levels"] or []])
         inversion = None
-        with self.ctx.lend(request, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+        with self.ctx.job(request, progress) as job:
             if real is not None:
                 inversion = cached
                 if cached is None or cached.key != inversion_key(real, params.source_prompt, params.steps, params.cfg):
-                    inversion = invert(pipe, real, params.source_prompt, steps=params.steps, cfg=params.cfg,
-                                       should_stop=stop.is_set,
-                                       on_step=lambda i, n: progress((i, n), desc="Inverting the image", unit="steps"))
-            result = run_p2p(pipe, params, inversion=inversion, should_stop=stop.is_set,
-                             on_step=lambda i, n: progress((i, n), desc="Denoising source and edit", unit="steps"))
-        for warning in result.warnings:
-            gr.Warning(warning)
+                    inversion = invert(job.pipe, real, params.source_prompt, steps=params.steps, cfg=params.cfg,
+                                       should_stop=job.should_stop, on_step=job.on_step("Inverting the image"))
+            result = run_p2p(job.pipe, params, inversion=inversion, should_stop=job.should_stop,
+                             on_step=job.on_step("Denoising source and edit"))
+            job.warnings += result.warnings
         weighted = ", ".join(f"{w} ×{v:g}" for w, v in params.weights.items()) or "none"
-        info = (f"{edit} · seed {result.seed} · cross-attention {params.cross_start:.2f}–{params.cross_end:.2f} · "
+        info = (f"{params.edit} · seed {result.seed} · cross-attention {params.cross_start:.2f}–{params.cross_end:.2f} · "
                 f"self-attention until {params.self_end:.2f} · weights: {weighted}")
         sides = gr.update(choices=["all", *map(str, result.maps.sides)], value="all")
         blended = result.blend_mask is not None

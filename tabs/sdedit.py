@@ -1,11 +1,13 @@
 """SDEdit tab: paint strokes (and a mask) on an image or a blank canvas, pick t0, denoise; sweep t0; composite."""
 
+from dataclasses import replace
+
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from studio.sdedit import SDEditParams, composite, guide_from_layers, run_sdedit, sweep
-from tabs import GPU, SendTarget, StudioContext, slider, user_errors
+from studio.sdedit import CompositeParams, SDEditParams, composite, guide_from_layers, run_sdedit, sweep
+from tabs import GPU, Form, SendTarget, StudioContext, build, seed_box, slider, user_errors
 
 PALETTE = ["#dc1e1e", "#ebcd14", "#1eaa32", "#1e46e1", "#9628c8", "#ffffff", "#808080", "#000000", "#8b5a2b"]
 SWEEP_T0 = [0.2, 0.35, 0.5, 0.65, 0.8, 0.95]
@@ -19,7 +21,7 @@ class SDEditTab:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
-        self.size = ctx.manager.resolve(ctx.model).size
+        self.size = ctx.size
         with gr.Tab(self.LABEL, id=self.TAB_ID):
             gr.Markdown("Meng et al., *SDEdit* (ICLR 2022): noise a guide to level t0, then denoise it with the "
                         "model. Paint colour strokes on the **Strokes** layer; to change only part of the picture "
@@ -45,7 +47,7 @@ class SDEditTab:
                         self.eta = slider(SDEditParams, "eta", "η (stochasticity)")
                         self.repeats = slider(SDEditParams, "repeats", "K passes")
                         self.feather = slider(SDEditParams, "feather", "Mask feather (px)")
-                        self.seed = gr.Number(0, label="Seed", precision=0, info=SDEditParams.meta("seed")["help"])
+                        self.seed = seed_box(SDEditParams)
                     with gr.Row():
                         self.run = gr.Button("Run SDEdit", variant="primary", elem_id="sdedit-run")
                         self.sweep_button = gr.Button("Sweep t0")
@@ -63,20 +65,22 @@ class SDEditTab:
                     with gr.Accordion("Composite: paste a second image and harmonise it", open=False):
                         self.patch = gr.Image(label="Image to paste", type="pil")
                         with gr.Row():
-                            self.px = gr.Slider(0, 1, value=0.5, step=0.01, label="Centre x")
-                            self.py = gr.Slider(0, 1, value=0.5, step=0.01, label="Centre y")
-                            self.pscale = gr.Slider(0.1, 1, value=0.4, step=0.05, label="Width")
+                            self.px = slider(CompositeParams, "x", "Centre x")
+                            self.py = slider(CompositeParams, "y", "Centre y")
+                            self.pscale = slider(CompositeParams, "scale", "Width")
                         self.paste = gr.Button("Paste into the guide (the pasted region becomes the mask)")
         ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, self.editor, self.prompt, self.seed))
         self._wire()
 
     def _wire(self) -> None:
-        params = [self.prompt, self.negative_prompt, self.t0, self.steps, self.cfg, self.eta, self.repeats,
-                  self.seed, self.feather]
-        event = self.run.click(self.sdedit, [self.editor, self.use_mask, *params],
-                               [self.output, self.views, self.info], api_name="sdedit", concurrency_id=GPU)
-        sweeping = self.sweep_button.click(self.sweep, [self.editor, self.use_mask, *params],
-                                           [self.strip, self.plot], api_name="sdedit_sweep", concurrency_id=GPU)
+        # The API's argument order of `sdedit` and `sdedit_sweep`.
+        self.form = Form(editor=self.editor, use_mask=self.use_mask, prompt=self.prompt,
+                         negative_prompt=self.negative_prompt, t0=self.t0, steps=self.steps, cfg=self.cfg,
+                         eta=self.eta, repeats=self.repeats, seed=self.seed, feather=self.feather)
+        event = self.run.click(self.form.bind(self.sdedit), self.form.components, [self.output, self.views, self.info],
+                               api_name="sdedit", concurrency_id=GPU)
+        sweeping = self.sweep_button.click(self.form.bind(self.sweep), self.form.components, [self.strip, self.plot],
+                                           api_name="sdedit_sweep", concurrency_id=GPU)
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event, sweeping], api_name="cancel_sdedit", queue=False)
         self.blank.click(lambda: Image.new("RGB", (self.size, self.size), "white"), None, self.editor,
                          api_name=False, queue=False)
@@ -84,22 +88,18 @@ class SDEditTab:
                          api_name="sdedit_composite")
 
     @staticmethod
-    def _inputs(editor: dict | None, use_mask: bool, prompt: str, negative: str, t0: float, steps: float, cfg: float,
-                eta: float, repeats: float, seed: float | None, feather: float) -> tuple:
+    def _inputs(values: dict) -> tuple:
+        editor = values["editor"]
         if not editor:
             raise ValueError("Upload an image or press “Blank white canvas”, then paint on it.")
         layers = editor.get("layers") or []
         guide, mask = guide_from_layers(editor.get("background"), layers[0] if layers else None,
-                                        layers[1] if use_mask and len(layers) > 1 else None)
-        params = SDEditParams(prompt or "", negative or "", float(t0), int(steps), float(cfg), float(eta),
-                              int(repeats), -1 if seed is None else int(seed), int(feather))
-        return guide, mask, params
+                                        layers[1] if values["use_mask"] and len(layers) > 1 else None)
+        return guide, mask, build(SDEditParams, values)
 
     @user_errors
-    def sdedit(self, editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed, feather,
-               request: gr.Request, progress=gr.Progress()):
-        guide, mask, params = self._inputs(editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed,
-                                           feather)
+    def sdedit(self, values: dict, request: gr.Request, progress: gr.Progress):
+        guide, mask, params = self._inputs(values)
         result = self.ctx.run_job(request, progress, run_sdedit, guide, params, mask=mask)
         views = [(result.noised, f"x(t0), t = {result.t0_timestep}")]
         views += [(image, f"predicted x0 after step {step}") for step, image in result.previews]
@@ -109,16 +109,14 @@ class SDEditTab:
         return result.image, views, info
 
     @user_errors
-    def sweep(self, editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed, feather,
-              request: gr.Request, progress=gr.Progress()):
-        guide, mask, params = self._inputs(editor, use_mask, prompt, negative, t0, steps, cfg, eta, repeats, seed,
-                                           feather)
+    def sweep(self, values: dict, request: gr.Request, progress: gr.Progress):
+        guide, mask, params = self._inputs(values)
         if params.seed < 0:
-            params.seed = 0  # the sweep compares t0 values, so they must share one seed
-        stop = self.ctx.arm(request)
-        with self.ctx.lend(request) as pipe:
-            points = sweep(pipe, guide, params, SWEEP_T0, mask=mask, should_stop=stop.is_set,
-                           on_step=lambda i, n: progress((i, n), desc="Sweeping t0", unit="runs"))
+            params = replace(params, seed=0)  # the sweep compares t0 values, so they must share one seed
+        with self.ctx.job(request, progress) as job:
+            points = sweep(job.pipe, guide, params, SWEEP_T0, mask=mask, should_stop=job.should_stop,
+                           on_step=job.on_step("Sweeping t0", "runs"))
+            job.warnings += [w for p in points for w in p.result.warnings]
         strip = [(p.result.image, f"t0 {p.t0:.2f}") for p in points]
         rows = [{"t0": p.t0, "value": v, "measure": m} for p in points
                 for v, m in ((p.faithfulness, "distance to guide"), (p.realism, "denoising error"))]

@@ -1,18 +1,16 @@
 """Train tab: DreamBooth with LoRA in the background (Ruiz et al. 2023; Hu et al. 2022), then try it and download."""
 
-import functools
 from dataclasses import fields
 
 import gradio as gr
 import pandas as pd
 
 from studio.generate import GenerateParams, run_generate
-from studio.lora import WEIGHTS, check_name, library
+from studio.lora import WEIGHTS, LoraUse, check_name, library
 from studio.shapes.concepts import CONCEPTS, concept_images
-from studio.tiny import load_tokenizer
 from studio.train_data import check_images, check_new_job, check_resumable
-from studio.trainer import TrainJob, TrainParams, check_params, identifier_report, presets
-from tabs import GPU, StudioContext, slider, user_errors
+from studio.trainer import TrainJob, TrainParams, identifier_report, presets
+from tabs import GPU, Form, StudioContext, build, checkbox, choices, slider, user_errors
 
 EXPLAIN = ("Ruiz et al., *DreamBooth* (2023) with Hu et al.'s *LoRA* (2022): a rare identifier (**sks**) in the "
            "instance prompt is bound to your subject from 3–20 images, by training small low-rank updates of the "
@@ -23,11 +21,6 @@ EXPLAIN = ("Ruiz et al., *DreamBooth* (2023) with Hu et al.'s *LoRA* (2022): a r
 SETTINGS = ["rank", "alpha", "lr", "lr_schedule", "steps", "batch", "resolution", "crop", "flip", "seed", "target",
             "train_text_encoder", "min_snr_gamma", "prior_preservation", "num_class_images", "prior_loss_weight",
             "validate_every", "checkpoint_every"]
-CHOICES = {"lr_schedule": ["constant", "cosine"], "crop": ["center", "random"],
-           "target": [("attention blocks (LoRA, kohya's layers)", "attention"),
-                      ("cross-attention K/V only (Custom Diffusion style)", "kv")]}
-TOKENIZER = functools.cache(load_tokenizer)  # read once; the identifier box asks on every keystroke
-INTS = {f.name for f in fields(TrainParams) if f.type in (int, "int")}
 
 
 class TrainTab:
@@ -38,8 +31,7 @@ class TrainTab:
         self.root = ctx.lora_root
         self.jobs: dict[str, TrainJob] = {}  # by LoRA name; per app, shared by the sessions that watch them
         self.presets = presets()
-        size = ctx.manager.resolve(ctx.model).size
-        defaults = TrainParams(resolution=size, **self.presets["quick"])
+        defaults = TrainParams(resolution=ctx.size, **self.presets["quick"])
         with gr.Tab(self.LABEL, id=self.TAB_ID):
             gr.Markdown(EXPLAIN)
             with gr.Row(equal_height=False):
@@ -76,8 +68,7 @@ class TrainTab:
                         self.lora = gr.Dropdown(library(self.root), label="LoRA from the library",
                                                 allow_custom_value=True)
                         self.try_prompt = gr.Textbox(label="Prompt", placeholder="a sks dog on the beach")
-                        self.scale = gr.Slider(0, 1.5, value=1.0, step=0.05, label="LoRA scale",
-                                               info="0 is exactly the base model.")
+                        self.scale = slider(LoraUse, "scale", "LoRA scale")
                         self.generate = gr.Button("Generate with the LoRA", variant="primary")
                         self.samples = gr.Gallery(label="With the LoRA (seeds 0–3)", columns=4, height=180,
                                                   format="png", object_fit="contain")
@@ -86,12 +77,13 @@ class TrainTab:
             self.timer = gr.Timer(1.0, active=False)
         self._wire()
 
-    def _control(self, name: str, value):
+    @staticmethod
+    def _control(name: str, value):
         label = name.replace("_", " ").capitalize()
-        if name in CHOICES:
-            return gr.Radio(CHOICES[name], value=value, label=label)
+        if "choices" in TrainParams.meta(name):
+            return choices(TrainParams, name, label, radio=True, value=value)
         if isinstance(value, bool):
-            return gr.Checkbox(value, label=label)
+            return checkbox(TrainParams, name, label, value=value)
         if name == "lr":
             return gr.Number(value, label="Learning rate", info=TrainParams.meta(name)["help"])
         return slider(TrainParams, name, label, value=value)
@@ -106,7 +98,11 @@ class TrainTab:
         self.preset.change(self.use_preset, self.preset, self.settings, api_name=False, queue=False)
         # Training runs in its own thread, outside the GPU queue: these return at once and the timer polls the job
         # named in the name box.
-        self.start.click(self.start_job, [self.files, self.name, *prompts, *self.settings], [self.status, self.timer],
+        # The API's argument order of `train_start`: files, name, the prompts, then SETTINGS in order.
+        start = Form(files=self.files, name=self.name, instance_prompt=self.instance_prompt,
+                     identifier=self.identifier, class_prompt=self.class_prompt,
+                     validation_prompts=self.validation_prompts, **dict(zip(SETTINGS, self.settings)))
+        self.start.click(start.bind(self.start_job), start.components, [self.status, self.timer],
                          api_name="train_start")
         self.resume.click(self.resume_job, [self.name, self.settings[SETTINGS.index("steps")]],
                           [self.status, self.timer], api_name="train_resume")
@@ -115,12 +111,10 @@ class TrainTab:
         self.generate.click(self.try_it, [self.lora, self.try_prompt, self.scale], self.samples, api_name="train_try",
                             concurrency_id=GPU)
 
-    @staticmethod
-    def describe_identifier(identifier: str) -> str:
+    def describe_identifier(self, identifier: str) -> str:
         if not identifier.strip():
             return "⚠️ Choose an identifier, e.g. sks."
-        # CLIP's BPE, the tokenizer of SD 1.x and the Shapes model, without loading the model to build the page.
-        pieces, warnings = identifier_report(TOKENIZER(), identifier.strip())
+        pieces, warnings = identifier_report(self.ctx.manager.tokenizer(self.ctx.model), identifier.strip())
         return f"Tokenizer: **{' · '.join(pieces)}**" + "".join(f"\n\n⚠️ {w}" for w in warnings)
 
     def use_preset(self, name: str):
@@ -133,23 +127,19 @@ class TrainTab:
         folder = self.root / ".concepts" / name.replace(" ", "-")
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, image in enumerate(concept_images(name, side=self.ctx.manager.resolve(self.ctx.model).size)):
+        for i, image in enumerate(concept_images(name, side=self.ctx.size)):
             image.save(folder / f"{i}.png")
             paths.append(str(folder / f"{i}.png"))
         return paths, f"a sks {noun}", "sks", f"a {noun}", f"sks-{name.replace(' ', '-')}", "shapes-concept"
 
     @user_errors
-    def start_job(self, files, name, instance_prompt, identifier, class_prompt, validation_prompts, *settings):
-        name = check_name(name)
+    def start_job(self, values: dict, request: gr.Request, progress: gr.Progress):
+        name = check_name(values["name"] or "")
         if name in self.jobs and self.jobs[name].running:
             raise ValueError(f"{name!r} is training already.")
-        values = {s: int(v) if s in INTS else v for s, v in zip(SETTINGS, settings)}
-        params = TrainParams(instance_prompt=instance_prompt, identifier=identifier.strip(),
-                             class_prompt=class_prompt, validation_prompts=[p for p in
-                                                                            (validation_prompts or "").splitlines()
-                                                                            if p.strip()], **values)
-        images = check_images([f if isinstance(f, str) else f.name for f in files or []])
-        check_params(params)
+        params = build(TrainParams, values, identifier=(values["identifier"] or "").strip(),
+                       validation_prompts=[p for p in (values["validation_prompts"] or "").splitlines() if p.strip()])
+        images = check_images([f if isinstance(f, str) else f.name for f in values["files"] or []])
         check_new_job(self.root / name)  # here too, so the message comes now and not from the job's thread
         self.jobs[name] = TrainJob(self.ctx.manager, self.ctx.model, self.root / name, params, images).start()
         return f"**{name}** · starting", gr.Timer(active=True)
@@ -196,8 +186,8 @@ class TrainTab:
     def try_it(self, name, prompt, scale, request: gr.Request, progress=gr.Progress()):
         if not name or name not in library(self.root):
             raise ValueError("Pick a finished LoRA from the library (or train one).")
-        size = self.ctx.manager.resolve(self.ctx.model).size
         result = self.ctx.run_job(request, progress, run_generate,
-                                  GenerateParams(prompt or "", seed=0, width=size, height=size, n_images=4),
+                                  GenerateParams(prompt or "", seed=0, width=self.ctx.size, height=self.ctx.size,
+                                                 n_images=4),
                                   loras=[(self.root / name, float(scale))])
         return [(image, f"seed {i} · scale {scale:g}") for i, image in enumerate(result.images)]

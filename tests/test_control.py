@@ -10,7 +10,8 @@ from diffusers import ControlNetModel, StableDiffusionAdapterPipeline, StableDif
 from PIL import Image
 
 from studio.control import ControlParams, ControlUnit, fit_condition, run_control
-from studio.generate import GenerateParams, make_scheduler, run_generate
+from studio.generate import GenerateParams, run_generate
+from studio.sampling import make_scheduler
 from studio.jobs import Cancelled
 from studio.models import ModelUnavailable
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from studio.generate import SCHEDULERS, GenerateParams, make_scheduler, read_png_params, run_generate, save_png
+from studio.generate import GenerateParams, read_png_params, run_generate, save_png
+from studio.sampling import SCHEDULERS, make_scheduler
 from studio.jobs import Cancelled
 
 FAST = dict(prompt="a red circle on the left", steps=4, width=64, height=64)
@@ -92,7 +93,7 @@ def test_long_prompt_is_truncated_with_a_warning(manager):
 
 @pytest.mark.parametrize("bad, match", [(dict(width=4096), "width must be between"),
                                         (dict(steps=0), "steps must be between"),
-                                        (dict(n_images=20), "n_images must be between"),
+                                        (dict(n_images=20), "n images must be between"),
                                         (dict(scheduler="PLMS"), "Unknown scheduler")])
 def test_bad_parameters_are_refused_with_a_message(manager, bad, match):
     with pytest.raises(ValueError, match=match):

@@ -18,7 +18,8 @@ from diffusers import (
     T2IAdapter,
 )
 
-from studio.models import Catalog, ModelManager, ModelUnavailable, decode_latents, module_bytes, split_prediction
+from studio.models import Catalog, ModelManager, ModelUnavailable, module_bytes
+from studio.sampling import decode_latents, split_prediction
 
 
 def test_cache_hit_returns_the_same_objects(manager):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.generate import make_scheduler
+from studio.sampling import make_scheduler
 from studio.inversion import invert, inversion_key
 from studio.jobs import Cancelled
 from studio.p2p import P2PParams, refine_mapper, replace_mapper, run_p2p, word_tokens

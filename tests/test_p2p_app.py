@@ -58,7 +58,7 @@ def test_the_localblend_mask_is_shown_on_the_edit_with_what_stays_dimmed():
 def test_typing_in_the_prompt_keeps_the_weights_of_words_still_there():
     from tabs.p2p import MAX_WEIGHT_WORDS, P2PTab
 
-    words, *sliders = P2PTab.relabel("a big blue circle", "", "a blue circle", 1.0, 2.0, 0.5, *[1.0] * 9)
+    words, *sliders = P2PTab.relabel("a big blue circle", "", "a blue circle", [1.0, 2.0, 0.5, *[1.0] * 9])
     assert words == "a big blue circle" and len(sliders) == MAX_WEIGHT_WORDS
     assert [(s["label"], s["value"]) for s in sliders[:4]] == [("a", 1), ("big", 1), ("blue", 2.0), ("circle", 0.5)]
     assert not any(s["visible"] for s in sliders[4:])

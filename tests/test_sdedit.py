@@ -75,8 +75,8 @@ def test_rgba_grayscale_odd_and_huge_guides(manager):
     assert max(huge.image.size) <= MAX_SIDE and any("scaled down" in w for w in huge.warnings)
 
 
-@pytest.mark.parametrize("bad, match", [(dict(t0=0.0), r"t0 must be in \(0, 1\]"), (dict(t0=1.5), "t0 must be"),
-                                        (dict(repeats=0), "at least 1")])
+@pytest.mark.parametrize("bad, match", [(dict(t0=0.0), "t0 must be between 0.05 and 1"), (dict(t0=1.5), "t0 must be"),
+                                        (dict(repeats=0), "repeats must be between 1 and 5")])
 def test_bad_parameters(manager, bad, match):
     with pytest.raises(ValueError, match=match):
         edit(manager, **bad)

@@ -20,8 +20,9 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionAdapterPipeline, StableDiffusionControlNetPipeline
 from PIL import Image
 
-from studio.generate import GenerateParams, make_scheduler
+from studio.generate import GenerateParams
 from studio.models import ModelManager
+from studio.sampling import make_scheduler
 from studio.shapes.detect import detect, iou
 from studio.shapes.world import caption_for, sample_scene
 

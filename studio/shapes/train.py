@@ -35,7 +35,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from studio.device import pick_device
-from studio.generate import make_scheduler
+from studio.sampling import make_scheduler
 from studio.shapes.world import COLOURS, caption_for, sample_scene, vocabulary
 from studio.tiny import SD_SCHEDULER, load_tokenizer
 
