@@ -33,7 +33,7 @@ def plain_loop(pipe, image: Image.Image, params: ClassifyParams) -> int:
         remaining, errors, calls = list(CLASSES), {}, 0
         for (_, keep), ts in zip(params.stages, per_stage):
             for name in remaining:
-                context = pipe.encode_prompt(params.templates[0].format(name), device, 1, False)[0]
+                context = pipe.encode_prompt(params.templates[0].replace("{}", name), device, 1, False)[0]
                 for t in ts:
                     if (name, t) not in errors:
                         noise = torch.randn(z.shape, generator=torch.Generator("cpu").manual_seed(t)).to(device, dtype)

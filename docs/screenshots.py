@@ -3,7 +3,7 @@
 Start the app with the built-in Shapes model, then run this script from the repository root:
 
     python app.py --offline --port 7899 --outputs /tmp/studio-outputs &
-    python docs/screenshots.py                  # writes docs/{generate,sdedit,p2p,control,classify,train}.png
+    python docs/screenshots.py                  # writes docs/{generate,sdedit,p2p,control,classify,train,edit}.png
     python docs/screenshots.py --out /tmp/shots --only p2p control
 
 Needs Debian's chromium (/usr/bin/chromium) and the `playwright` pip package (no `playwright install`).
@@ -155,8 +155,19 @@ def train(page: Page) -> None:
     samples.locator("img").nth(3).wait_for(timeout=WAIT)
 
 
+def edit(page: Page) -> None:
+    """The tab's first Shapes example (DiffEdit: the blue square turns green), then every method on it side by side
+    (Imagic's stages take about a minute on a 2-core CPU)."""
+    open_tab(page, "Edit a real image")
+    run(page, "edit-run", page.locator("#edit-result img").first, page.locator("#edit-info").get_by_text("DiffEdit"))
+    page.locator("#edit-compare").click()
+    page.locator("#edit-compared img").nth(5).wait_for(timeout=4 * WAIT)
+    page.locator("#edit-info").get_by_role("cell", name="Prompt-to-Prompt").first.wait_for(timeout=WAIT)
+
+
 SHOTS: dict[str, Callable[[Page], None]] = {"generate": generate, "sdedit": sdedit, "p2p": p2p,
-                                             "control": control, "classify": classify, "train": train}
+                                             "control": control, "classify": classify, "train": train,
+                                             "edit": edit}
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ Work is batched across classes and timesteps to fill the device; `on_step` count
 """
 
 import hashlib
-import io
 import json
 import zipfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from diffusers import StableDiffusionPipeline
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from studio.images import flatten_alpha
+from studio.images import MAX_PIXELS, flatten_alpha, load_image
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.params import Params, choice, ranged
 from studio.sampling import encode_image, seed_field, split_prediction
@@ -60,9 +60,11 @@ class ClassifyParams(Params):
     def check(self) -> None:
         # Blank template lines are dropped; none at all means the bare class name.
         self.templates = [t.strip() for t in self.templates if t.strip()] or ["{}"]
-        missing = [t for t in self.templates if "{}" not in t]
-        if missing:
-            raise ValueError(f"Each template needs a {{}} where the class name goes: {missing[0]!r}.")
+        wrong = [t for t in self.templates if t.count("{}") != 1 or t.replace("{}", "").count("{") + t.replace(
+            "{}", "").count("}")]
+        if wrong:
+            raise ValueError(f"Each template needs a single {{}} where the class name goes, and no other braces: "
+                             f"{wrong[0]!r}.")
         try:
             self.stages = [(int(s), int(k)) for s, k in self.stages]
         except (TypeError, ValueError):
@@ -171,7 +173,7 @@ def classify(pipe: StableDiffusionPipeline, image: Image.Image, classes: list[st
     # 1. The image latent (the VAE posterior mean, as in the paper) and one embedding per (class, template)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     z = encode_image(pipe, prepare_image(image, side))
-    prompts = [t.format(c) for c in classes for t in templates]
+    prompts = [t.replace("{}", c) for c in classes for t in templates]
     embeddings = pipe.encode_prompt(prompts, device, 1, False)[0].view(len(classes), len(templates), -1,
                                                                        pipe.text_encoder.config.hidden_size)
 
@@ -229,6 +231,7 @@ class BatchResult:
     classes: list[str]
     rows: list[dict]  # one per image: file, truth, predicted, unet_calls
     skipped: list[str]  # files that are not readable images
+    pending: int = 0  # images not classified yet (the run stopped at `max_new`)
 
     @property
     def accuracy(self) -> float:
@@ -243,14 +246,50 @@ class BatchResult:
         return matrix
 
 
-def labelled_images(source: Path) -> tuple[list[str], list[tuple[str, str, bytes]], list[str]]:
-    """A folder or a .zip with one sub-folder per class → (classes, [(file, class, bytes)], skipped files).
-    Sub-folder names are the class names (underscores read as spaces)."""
-    if source.is_dir():
-        entries = [(str(p.relative_to(source)), p.read_bytes) for p in sorted(source.rglob("*")) if p.is_file()]
-    elif zipfile.is_zipfile(source):
+MAX_FILES = 10_000  # entries a batch folder or zip may hold
+MAX_BYTES = 2 * 2**30  # what a zip may unpack to
+
+
+def _folder_entries(source: Path, max_files: int) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    count = 0
+    for path in sorted(source.rglob("*")):
+        try:
+            if not path.is_file() or path.is_symlink():  # a link could point anywhere on the server
+                continue
+        except OSError:  # unreadable: not ours to list
+            continue
+        count += 1
+        if count > max_files:
+            raise ValueError(f"{source} holds more than {max_files:,} files; give a folder with only the dataset.")
+        yield str(path.relative_to(source)), path.read_bytes
+
+
+def _zip_entries(source: Path, max_files: int, max_bytes: int) -> list[tuple[str, Callable[[], bytes]]]:
+    """The members of a zip, checked before any is read: no absolute paths or `..`, at most `max_files` members
+    and `max_bytes` unpacked (a small zip can unpack to gigabytes)."""
+    try:
         archive = zipfile.ZipFile(source)
-        entries = [(n, (lambda n=n: archive.read(n))) for n in sorted(archive.namelist()) if not n.endswith("/")]
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{source.name} is not a readable zip file ({error}).") from None
+    if len(members) > max_files:
+        raise ValueError(f"{source.name} holds {len(members):,} files; a batch takes at most {max_files:,}.")
+    if sum(m.file_size for m in members) > max_bytes:
+        raise ValueError(f"{source.name} unpacks to more than {max_bytes / 2**30:.1f} GB; a batch takes less.")
+    for m in members:
+        if m.filename.startswith(("/", "\\")) or ".." in Path(m.filename).parts or ":" in m.filename:
+            raise ValueError(f"{source.name} holds a member outside its own folder ({m.filename!r}); refused.")
+    return [(m.filename, (lambda m=m: archive.read(m))) for m in sorted(members, key=lambda m: m.filename)]
+
+
+def labelled_images(source: Path, *, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES
+                    ) -> tuple[list[str], list[tuple[str, str, Callable[[], bytes]]], list[str]]:
+    """A folder or a .zip with one sub-folder per class → (classes, [(file, class, read)], skipped files); each
+    image is read only when `read()` is called. Sub-folder names are the class names (underscores read as spaces)."""
+    if source.is_dir():
+        entries = list(_folder_entries(source, max_files))
+    elif zipfile.is_zipfile(source):
+        entries = _zip_entries(source, max_files, max_bytes)
     else:
         raise ValueError(f"{source.name} is neither a folder nor a .zip file.")
     items, skipped = [], []
@@ -261,7 +300,7 @@ def labelled_images(source: Path) -> tuple[list[str], list[tuple[str, str, bytes
         if len(parts) < 2 or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(name)
             continue
-        items.append((name, parts[-2].replace("_", " "), read()))
+        items.append((name, parts[-2].replace("_", " "), read))
     classes = sorted({c for _, c, _ in items})
     if not items:
         raise ValueError("No images found: put each class's images in a sub-folder named after the class.")
@@ -269,9 +308,12 @@ def labelled_images(source: Path) -> tuple[list[str], list[tuple[str, str, bytes
 
 
 def classify_batch(pipe: StableDiffusionPipeline, source: Path, params: ClassifyParams, results_dir: Path, *,
-                   on_image: StepFn | None = None, should_stop: StopFn | None = None) -> BatchResult:
+                   max_new: int | None = None, max_pixels: int = MAX_PIXELS, on_image: StepFn | None = None,
+                   should_stop: StopFn | None = None) -> BatchResult:
     """Classify every image of a labelled folder or zip. Each image's result is appended to a JSON-lines file named
-    after the dataset and settings, so running the same batch again resumes where it stopped."""
+    after the dataset and settings, so running the same batch again resumes where it stopped. With `max_new`, at
+    most that many images are classified in this call (one ZeroGPU call's share); the result says how many are
+    still pending."""
     classes, items, skipped = labelled_images(source)
     key = json.dumps([source.name, classes, [n for n, _, _ in items], asdict(params)], sort_keys=True, default=list)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -282,20 +324,24 @@ def classify_batch(pipe: StableDiffusionPipeline, source: Path, params: Classify
             if line.strip():
                 row = json.loads(line)
                 done[row["file"]] = row
+    new = pending = 0
     with log.open("a") as out:
-        for i, (name, truth, data) in enumerate(items):
+        for i, (name, truth, read) in enumerate(items):
+            if name not in done and max_new is not None and new >= max_new:
+                pending += 1
+                continue
             if name not in done:
                 try:
-                    image = Image.open(io.BytesIO(data))
-                    image.load()
-                except (UnidentifiedImageError, OSError):
-                    skipped.append(name)
+                    image = load_image(read(), name=name, max_pixels=max_pixels)
+                except (ValueError, zipfile.BadZipFile, OSError) as error:  # a damaged member or file
+                    skipped.append(f"{name} ({error})" if not isinstance(error, ValueError) else str(error))
                     continue
                 result = classify(pipe, image, classes, params, should_stop=should_stop)
                 done[name] = {"file": name, "truth": truth, "predicted": result.label, "unet_calls": result.unet_calls}
                 out.write(json.dumps(done[name]) + "\n")
                 out.flush()
+                new += 1
             if on_image:
                 on_image(i + 1, len(items))
     rows = [done[n] for n, _, _ in items if n in done]
-    return BatchResult(classes, rows, skipped)
+    return BatchResult(classes, rows, skipped, pending)

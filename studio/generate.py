@@ -98,10 +98,24 @@ def save_png(image: Image.Image, meta: dict, path: Path) -> Path:
 
 
 def read_png_params(path: Path | str) -> GenerateParams:
-    """The parameters saved in a studio PNG; raises ValueError for other images."""
-    with Image.open(path) as image:
-        text = image.info.get("diffusion-studio")
+    """The parameters saved in a studio PNG; raises ValueError for other files, and for parameters that are damaged
+    or incomplete."""
+    name = Path(path).name
+    try:
+        with Image.open(path) as image:
+            text = image.info.get("diffusion-studio")
+    except (OSError, SyntaxError):
+        raise ValueError(f"{name} is not a PNG image.") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"{name} is far too large to be a picture made here.") from None
     if text is None:
-        raise ValueError(f"{Path(path).name} carries no Diffusion Studio parameters")
-    meta = json.loads(text)
+        raise ValueError(f"{name} carries no Diffusion Studio parameters")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"{name}: its Diffusion Studio parameters are damaged (not JSON).") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{name}: its Diffusion Studio parameters are not a set of named values.")
+    if missing := [f.name for f in fields(GenerateParams) if f.name not in meta]:
+        raise ValueError(f"{name}: its Diffusion Studio parameters lack {', '.join(missing)}.")
     return GenerateParams(**{f.name: meta[f.name] for f in fields(GenerateParams)})

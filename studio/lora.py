@@ -31,6 +31,12 @@ WEIGHTS = "pytorch_lora_weights.safetensors"
 METADATA = "metadata.json"
 KOHYA_PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The layers a trained LoRA adapts (the trainer's targets, also Imagic's). "attention": every linear layer of the
+# attention blocks, as kohya's LoRA trains them (Q, K, V and output of self- and cross-attention, the 1x1 projections
+# in and out, the feed-forward); "kv": cross-attention K/V only (Custom Diffusion). On the Shapes model the wider set
+# learns a new shape where Q/K/V/out alone does not.
+TARGETS = {"attention": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
+           "kv": r".*attn2\.(to_k|to_v)"}
 
 
 @dataclass
@@ -159,13 +165,18 @@ def weights_file(source: str | Path) -> Path:
 def applied(pipe: StableDiffusionPipeline, loras: Sequence[tuple[str | Path, float]]) -> Iterator[None]:
     """Load `loras` (folder or file, scale) into `pipe`'s shared UNet/text encoder for one job; remove them after.
 
-    Scale 0 leaves the output exactly the base model's: the LoRA branch adds (B·A·x)·0.
+    Scale 0 leaves the output exactly the base model's: the LoRA branch adds (B·A·x)·0. Nested in another job's
+    (DDIB's target domain), these LoRAs replace the job's for the inner block, and the job's come back after it.
     """
     uses = [LoraUse(source, float(scale)) for source, scale in loras]
+    layers = tuner_layers(pipe.unet, pipe.text_encoder)
+    before = [(layer, list(layer.active_adapters), not layer.disable_adapters) for layer in layers]
+    in_use = {n for layer in layers for n in layer.lora_A}  # type: ignore[attr-defined]
+    free = (f"lend-{k}" for k in range(len(in_use) + len(uses) + 1) if f"lend-{k}" not in in_use)
     names: list[str] = []
     try:
-        for i, use in enumerate(uses):
-            name = f"lend-{i}"
+        for use in uses:
+            name = next(free)
             names.append(name)  # before loading: a file that fails half-way is still cleaned up
             # load_lora_weights reads kohya files as well as diffusers ones.
             pipe.load_lora_weights(str(weights_file(use.source)), adapter_name=name)
@@ -177,4 +188,7 @@ def applied(pipe: StableDiffusionPipeline, loras: Sequence[tuple[str | Path, flo
         for name in names:
             for model in (pipe.unet, pipe.text_encoder):
                 remove_adapter(model, name)
+        for layer, active, enabled in before:
+            layer.set_adapter(active)
+            layer.enable_adapters(enabled)
 

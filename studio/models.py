@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 import yaml
+import huggingface_hub.constants
 from huggingface_hub import hf_hub_download
 from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, T2IAdapter
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 from transformers import CLIPTokenizer
 
 from studio.device import dtype_for, pick_device
@@ -35,6 +37,9 @@ from studio.lora import applied
 from studio.tiny import ensure_tiny_family, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+# SD 1.x's component configs in diffusers' layout (no weights): what `from_single_file` needs to read an A1111/civitai
+# checkpoint without fetching them from the Hub.
+SD15_CONFIG = Path(__file__).resolve().parent / "assets" / "sd15"
 CATALOG_PATH = ROOT / "presets" / "models.yaml"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 COMPONENT_CLASSES = {"controlnet": ControlNetModel, "t2i_adapter": T2IAdapter}
@@ -106,6 +111,14 @@ def _folder_tokenizer(folder: str) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(folder)
 
 
+def go_offline() -> None:
+    """Offline mode for every library that reads it: the environment variables for code that reads them later, and
+    huggingface_hub's own switch, which transformers and diffusers consult at call time (it was read at import)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[name] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
     """Can we open a TCP connection to the Hub within `timeout` seconds?
 
@@ -159,22 +172,30 @@ class ModelManager:
         device: "cpu", "cuda", "mps" or None for the best one present.
         memory_budget_gb: keep at most this many GiB of weights loaded; least recently used models are evicted first,
             and on CUDA a model larger than the whole budget runs with CPU offload.
-        offline: never contact the Hub (also implied by HF_HUB_OFFLINE=1).
+        offline: never contact the Hub (also implied by HF_HUB_OFFLINE=1); sets offline mode for every library.
         allow_pickle: also load .ckpt/.bin weights, which can run code when unpickled. Off by default.
         compile: torch.compile the UNet of each base model (slow first call, faster after).
         cache_dir: where built-in models are built or found.
         annotators_dir: a folder holding preprocessor weights (files of lllyasviel/Annotators), used instead of the
             Hub: classrooms copy it once.
+        single_file_config: the diffusers-layout configs (no weights) a single .safetensors checkpoint is read with
+            when the Hub is not used; SD 1.x's by default.
+        screen: pass every image the lent pipelines decode through the model's safety checker (a public studio).
     """
 
     def __init__(self, device: str | None = None, *, dtype: torch.dtype | None = None,
                  memory_budget_gb: float | None = None, offline: bool = False, allow_pickle: bool = False,
                  compile: bool = False, cache_dir: Path | None = None, catalog: Catalog | None = None,
-                 annotators_dir: Path | None = None):
+                 annotators_dir: Path | None = None, single_file_config: Path = SD15_CONFIG,
+                 screen: bool = False):
         self.device = pick_device(device)
         self.dtype = dtype or dtype_for(self.device)
         self.budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
         self.offline = offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if self.offline:
+            go_offline()
+        self.single_file_config = single_file_config
+        self.screen = screen
         self.allow_pickle = allow_pickle
         self.compile = compile
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "diffusion-studio")
@@ -312,12 +333,7 @@ class ModelManager:
             on_progress(0.0, f"Loading {source.name}")
         self.load_count += 1
         if source.kind == "single_file":
-            try:
-                return cls.from_single_file(source.location, dtype=self.dtype, local_files_only=self.offline)
-            except (OSError, ValueError) as error:
-                # Single files carry weights only: diffusers fetches the matching config from the Hub once.
-                raise ModelUnavailable(f"Could not load {Path(source.location).name} as a single-file checkpoint: "
-                                       f"{error}. Offline, use a diffusers folder of the same model.") from error
+            return self._single_file(cls, source)
         if source.kind == "folder":
             return self._explain_missing_safetensors(cls, source.location, kwargs)
         try:
@@ -335,6 +351,25 @@ class ModelManager:
         if on_progress:
             on_progress(0.0, f"Downloading {source.location} (first use only)")
         return self._explain_missing_safetensors(cls, source.location, kwargs)
+
+    def _single_file(self, cls: Any, source: ModelSource) -> Any:
+        """An A1111/civitai checkpoint: weights only. Online, diffusers fetches the configs of the architecture it
+        detects (SD 1.x, 2.x); offline, or with the Hub out of reach, the shipped SD 1.x configs are used."""
+        kwargs: dict[str, Any] = dict(dtype=self.dtype)
+        local = self.offline or not self._hub_reachable()
+        if local:
+            kwargs["local_files_only"] = True
+            if issubclass(cls, StableDiffusionPipeline):  # the tokenizer is vendored; no safety checker offline
+                kwargs.update(config=str(self.single_file_config), tokenizer=load_tokenizer(), safety_checker=None,
+                              feature_extractor=None, requires_safety_checker=False)
+        try:
+            return cls.from_single_file(source.location, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
+            how = (f"offline, with the Stable Diffusion 1.x configs shipped in {self.single_file_config}"
+                   if local else "with the configs diffusers fetched for it")
+            raise ModelUnavailable(f"Could not load {Path(source.location).name} as a single-file checkpoint "
+                                   f"({how}): {error}. A checkpoint of another architecture needs a diffusers "
+                                   "folder of the same model.") from error
 
     @staticmethod
     def _explain_missing_safetensors(cls: Any, location: str, kwargs: dict) -> Any:
@@ -454,6 +489,7 @@ class ModelManager:
             base = self._base(source, on_progress, hold=True)
             try:
                 pipe = self._derive(base, cls, components)
+                pipe.screen, pipe.withheld = self.screen, 0  # the safety checker's marks, this job's own
                 with applied(pipe, loras or []):
                     yield pipe
             finally:

@@ -1,9 +1,9 @@
 """Parameter dataclasses that are valid from birth, as peft's configs are.
 
 A field made with `ranged` carries its [min, max] range, its UI step and a help line; one made with `choice` carries
-its allowed values (and optional labels); `flag` is a yes/no with its help. `Params.__post_init__` checks every such field and then the class's own
-rules (`check`), so a notebook, a benchmark and the UI all get the same errors, at construction. Tabs read the
-ranges and choices from here, so each is defined once.
+its allowed values (and optional labels); `flag` is a yes/no with its help. `Params.__post_init__` checks every such
+field and then the class's own rules (`check`), so a notebook, a benchmark and the UI all get the same errors, at
+construction. Tabs read the ranges and choices from here, so each is defined once.
 """
 
 import typing

@@ -23,6 +23,7 @@ from PIL import Image
 
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.params import ranged
+from studio.safety import screened
 
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     # Latents are not bounded to [-1, 1]: a config that omits clip_sample would make DDIM clip them (grey images).
@@ -116,7 +117,8 @@ def encode_image(pipe: DiffusionPipeline, image: Image.Image) -> torch.Tensor:
 
 
 def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode latents to images in [0, 1], NCHW float32.
+    """VAE-decode latents to images in [0, 1], NCHW float32; on a pipeline marked `screen` (a public or classroom
+    studio), through the model's safety checker (studio/safety.py).
 
     SD VAEs can overflow in fp16 (NaN, black images). If that happens, this batch is decoded again in fp32 and the
     shared VAE is put back to its dtype afterwards.
@@ -131,7 +133,8 @@ def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tens
                 image = vae.decode(latents.float() / vae.config.scaling_factor).sample
             finally:
                 vae.to(dtype)
-    return (image.float() / 2 + 0.5).clamp(0, 1)
+    pixels = (image.float() / 2 + 0.5).clamp(0, 1)
+    return screened(pipe, pixels) if getattr(pipe, "screen", False) else pixels
 
 
 def to_images(pixels: torch.Tensor) -> list[Image.Image]:

@@ -227,7 +227,8 @@ def sweep(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEditParam
 def guide_from_layers(background: Image.Image | None, strokes: Image.Image | None,
                       mask_layer: Image.Image | None = None) -> tuple[Image.Image, np.ndarray | None]:
     """The guide and the mask from an editor's layers: colour strokes are painted over the background; the mask
-    comes from its own layer (whatever is painted there, in any colour, may change), never from the composite."""
+    comes from its own layer (whatever is painted there, in any colour, may change), never from the composite. The
+    guide keeps the background's transparency, for `run_sdedit` to place on white (with a note)."""
     if background is None and strokes is None:
         raise ValueError("Upload an image or start a blank canvas, then paint on it.")
     base = (background or Image.new("RGB", strokes.size, "white")).convert("RGBA")
@@ -237,7 +238,8 @@ def guide_from_layers(background: Image.Image | None, strokes: Image.Image | Non
     if mask_layer is not None:
         alpha = np.asarray(mask_layer.convert("RGBA").resize(base.size))[..., 3]
         mask = np.where(alpha > 0, 255, 0).astype(np.uint8) if alpha.any() else None
-    return base.convert("RGB"), mask
+    opaque = base.getchannel("A").getextrema()[0] == 255
+    return (base.convert("RGB") if opaque else base), mask
 
 
 def composite(base: Image.Image, patch: Image.Image, x: float, y: float,

@@ -6,15 +6,14 @@ before the first step; a step only indexes the cache.
 """
 
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from studio.images import flatten_alpha
+from studio.images import MAX_PIXELS, flatten_alpha, load_image
 from studio.jobs import StopFn
 from studio.models import ModelManager
 from studio.sampling import encode_image, txt2img
@@ -24,17 +23,13 @@ RANDOM_CROPS = 4  # crops cached per image with crop="random"
 CLASS_BATCH = 4  # class images drawn per model call
 
 
-def check_images(images: list[Image.Image | str | Path]) -> list[Image.Image]:
+def check_images(images: list[Image.Image | str | Path], max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
     """Readable RGB images (transparency placed on white), 3 to 20 of them."""
     if not MIN_IMAGES <= len(images) <= MAX_IMAGES:
         raise ValueError(f"Give {MIN_IMAGES} to {MAX_IMAGES} images of the subject; got {len(images)}.")
     out = []
     for item in images:
-        try:
-            image = item if isinstance(item, Image.Image) else Image.open(io.BytesIO(Path(item).read_bytes()))
-            image.load()
-        except (UnidentifiedImageError, OSError):
-            raise ValueError(f"{Path(str(item)).name} is not a readable image.") from None
+        image = load_image(item, max_pixels=max_pixels)
         if min(image.size) < 32:
             raise ValueError(f"An image is {image.width}×{image.height}; the subject needs at least 32 pixels a side.")
         out.append(flatten_alpha(image)[0])
@@ -64,13 +59,18 @@ def encode_views(pipe: Any, images: list[Image.Image], resolution: int, crop: st
     return torch.cat([encode_image(pipe, v) for v in every])
 
 
-def class_images(manager: ModelManager, spec: str, class_prompt: str, n: int, resolution: int, cache: Path,
-                 should_stop: StopFn | None = None) -> list[Image.Image]:
-    """`n` images of the class prompt drawn by the base model (seeds 0, 1, ...), cached on disk under a key of the
-    model, prompt and resolution, so later jobs of the same class reuse them."""
+def class_folder(manager: ModelManager, spec: str, class_prompt: str, resolution: int, cache: Path) -> Path:
+    """Where the class images of this model, prompt and resolution are cached (later jobs of the class reuse them)."""
     key = hashlib.sha1(json.dumps([manager.resolve(spec).location, class_prompt, resolution])
                        .encode()).hexdigest()[:12]
-    folder = cache / key
+    return cache / key
+
+
+def class_images(manager: ModelManager, spec: str, class_prompt: str, n: int, resolution: int, cache: Path,
+                 should_stop: StopFn | None = None) -> list[Image.Image]:
+    """`n` images of the class prompt drawn by the base model (seeds 0, 1, ...), cached on disk (`class_folder`);
+    only the missing ones are drawn, so a call for fewer than all draws a share of them."""
+    folder = class_folder(manager, spec, class_prompt, resolution, cache)
     folder.mkdir(parents=True, exist_ok=True)
     have = len(list(folder.glob("*.png")))
     while have < n:
@@ -102,6 +102,13 @@ def save_job(folder: Path, spec: str, settings: dict, images: list[Image.Image])
     for i, image in enumerate(images):
         image.save(folder / "instance" / f"{i:02d}.png")
     (folder / "job.json").write_text(json.dumps({"model": spec, "params": settings}, indent=2))
+
+
+def raise_steps(folder: Path, steps: int) -> None:
+    """Resume with more steps: the job's saved total becomes `steps` if that is more."""
+    job = json.loads((folder / "job.json").read_text())
+    job["params"]["steps"] = max(job["params"]["steps"], int(steps))
+    (folder / "job.json").write_text(json.dumps(job, indent=2))
 
 
 def load_job(folder: Path) -> tuple[str, dict, list[Image.Image]]:

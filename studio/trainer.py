@@ -33,18 +33,13 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 
 from studio.jobs import Cancelled, StopFn
-from studio.lora import activate, deactivate, remove_adapter, save_lora, tuner_layers
+from studio.lora import METADATA, TARGETS, activate, deactivate, remove_adapter, save_lora, tuner_layers
 from studio.models import ModelManager
 from studio.params import Params, choice, ranged
 from studio.sampling import seed_field, txt2img
 from studio.train_data import check_images, class_images, encode_views, load_job, save_job
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets" / "train.yaml"
-# "attention": every linear layer of the attention blocks, as kohya's LoRA trains them (Q, K, V and output of self-
-# and cross-attention, the 1x1 projections in and out, the feed-forward); "kv": cross-attention K/V only (Custom
-# Diffusion). On the Shapes model the wider set learns a new shape where Q/K/V/out alone does not.
-TARGETS = {"attention": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
-           "kv": r".*attn2\.(to_k|to_v)"}
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TARGET_LABELS = {"attention": "attention blocks (LoRA, kohya's layers)",
                  "kv": "cross-attention K/V only (Custom Diffusion style)"}
@@ -199,7 +194,8 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
                                  num_training_steps=params.steps)
         amp = device.type == "cuda" and dtype == torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        start = _load_checkpoint(folder, models, name, optimizer, schedule, scaler, generator, state) if resume else 0
+        start = _load_checkpoint(folder, params, models, name, optimizer, schedule, scaler, generator,
+                                 state) if resume else 0
         if start == 0:
             _validate(manager, spec, folder, params, layers, name, 0, state)
 
@@ -241,11 +237,7 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         # and after, same seeds)
         state.phase = "saving"
         _validate(manager, spec, folder, params, layers, name, params.steps, state)
-        if params.class_prompt in params.prompts():
-            p = params.prompts().index(params.class_prompt)
-            state.drift = [(f"{'after' if step else 'before'} · seed {seed}",
-                            folder / "validation" / f"step-{step:06d}-p{p}-s{seed}.png")
-                           for step in (0, params.steps) for seed in range(VALIDATION_SEEDS)]
+        state.drift = drift_pairs(folder, params)
         with manager.gpu_lock:
             unet_state = get_peft_model_state_dict(unet, adapter_name=name)
             te_state = get_peft_model_state_dict(text_encoder, adapter_name=name) if params.train_text_encoder else {}
@@ -327,8 +319,8 @@ def _save_checkpoint(folder: Path, models: list, name: str, optimizer: Any, sche
             old.unlink()
 
 
-def _load_checkpoint(folder: Path, models: list, name: str, optimizer: Any, schedule: Any, scaler: Any,
-                     generator: torch.Generator, state: TrainState) -> int:
+def _load_checkpoint(folder: Path, params: TrainParams, models: list, name: str, optimizer: Any, schedule: Any,
+                     scaler: Any, generator: torch.Generator, state: TrainState) -> int:
     """Restore the newest checkpoint and the loss log up to it; 0 if there is none."""
     found = sorted((folder / "checkpoints").glob("step-*.pt"))
     if not found:
@@ -344,14 +336,63 @@ def _load_checkpoint(folder: Path, models: list, name: str, optimizer: Any, sche
     generator.set_state(saved["rng"])
     step = saved["step"]
     log = folder / "log.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    rows = [r for r in rows if r["step"] <= step]  # steps after the checkpoint are done again
+    rows = [r for r in _log_rows(folder) if r["step"] <= step]  # steps after the checkpoint are done again
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    state.losses[:] = [(r["step"], r["loss"]) for r in rows]
-    state.validation[:] = [(int(p.name[5:11]), p.stem, p) for p in sorted((folder / "validation").glob("*.png"))
-                           if int(p.name[5:11]) <= step]
-    state.step = step
+    _read_progress(folder, params, state, upto=step)
     return step
+
+
+def _log_rows(folder: Path) -> list[dict]:
+    log = folder / "log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
+def _read_progress(folder: Path, params: TrainParams, state: TrainState, upto: int) -> None:
+    """The losses and validation images on disk up to step `upto`, into `state`."""
+    state.losses[:] = [(r["step"], r["loss"]) for r in _log_rows(folder) if r["step"] <= upto]
+    prompts = params.prompts()
+    state.validation[:] = [(int(p.name[5:11]), f"step {int(p.name[5:11])} · {prompts[int(p.name[13:-7])]} · seed "
+                                               f"{p.stem[-1]}", p)
+                           for p in sorted((folder / "validation").glob("step-*.png")) if int(p.name[5:11]) <= upto]
+    state.step = max([s for s, _ in state.losses], default=0)
+    state.total = params.steps
+
+
+def drift_pairs(folder: Path, params: TrainParams) -> list[tuple[str, Path]]:
+    """The class prompt by the base model (step 0) and by the finished LoRA, same seeds (Ruiz et al., Sec. 4.3);
+    none when the class prompt is not a validation prompt."""
+    if params.class_prompt not in params.prompts():
+        return []
+    p = params.prompts().index(params.class_prompt)
+    return [(f"{'after' if step else 'before'} · seed {seed}",
+             folder / "validation" / f"step-{step:06d}-p{p}-s{seed}.png")
+            for step in (0, params.steps) for seed in range(VALIDATION_SEEDS)]
+
+
+def read_state(folder: Path) -> TrainState:
+    """A job's state from its folder alone (for a job trained in another process, e.g. by ZeroGPU calls)."""
+    _, saved, _ = load_job(folder)
+    params, state = TrainParams(**saved), TrainState()
+    _read_progress(folder, params, state, upto=params.steps)
+    done = (folder / METADATA).is_file() and json.loads((folder / METADATA).read_text())["steps"] == params.steps
+    state.phase = "done" if done else "paused" if state.step else "waiting"
+    state.drift = drift_pairs(folder, params) if done else []
+    return state
+
+
+def train_until(manager: ModelManager, folder: Path, until: int, *, should_stop: StopFn | None = None) -> TrainState:
+    """Continue a saved job (its folder from `save_job`) up to step `until`, then save a checkpoint: one share of a
+    job that runs as several calls (a ZeroGPU call each). Returns the state on disk. Raises `Cancelled` only for
+    `should_stop`."""
+    spec = load_job(folder)[0]
+    state = TrainState()
+    try:
+        train(manager, spec, folder, resume=True, state=state,
+              should_stop=lambda: state.step >= until or bool(should_stop and should_stop()))
+    except Cancelled:
+        if state.step < until:
+            raise
+    return read_state(folder)
 
 
 def identifier_report(tokenizer: Any, identifier: str) -> tuple[list[str], list[str]]:

@@ -8,8 +8,11 @@
 """
 
 import functools
+import hashlib
 import inspect
-import threading
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -19,11 +22,18 @@ from typing import Any
 import gradio as gr
 import yaml
 
-from studio.jobs import Cancelled, CancelFlags, StepFn
+from studio.images import load_image
+from studio.inversion import InversionCache
+from studio.jobs import Busy, Cancelled, CancelFlags, FairQueue, StepFn, blocks, interruptible
+from studio.limits import Limits
+from studio.lora import library
 from studio.models import ModelManager, ModelUnavailable
+from studio.storage import LOCAL, Storage
+from tabs.gpu import GpuPolicy
 
 GPU = "gpu"  # every event that runs a model shares this concurrency id: one job on the GPU at a time
 PRESETS = Path(__file__).parent.parent / "presets"
+SHARED = "shared/"  # how a published LoRA is named in the pickers
 
 
 def model_examples(tab: str, family: str) -> Any:
@@ -57,6 +67,24 @@ class Job:
         return lambda i, n: self.progress((i, n), desc=desc, unit=unit)
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """Who uses this studio. "private": one person's desktop (one owner, the parameters' own ranges); "public": a
+    Space anyone can reach (each browser session, or logged-in user, owns its work; public limits; the safety
+    checker on); "classroom": logged-in students own theirs, and `admins` (the teacher) see and steer everyone's."""
+
+    mode: str = "private"
+    limits: Limits = field(default_factory=Limits)
+    admins: frozenset[str] = frozenset()
+    session_ttl: float = 24 * 3600  # seconds an abandoned anonymous session's files are kept
+    data_roots: tuple[Path, ...] = (Path("/"),)  # server folders a visitor may name: all of one's own machine
+    safety_checker: bool = False  # run the model's safety checker on every decoded image
+
+    @property
+    def shared(self) -> bool:
+        return self.mode != "private"
+
+
 @dataclass
 class StudioContext:
     """What every tab's `build` receives: the shared model manager and per-app (never per-module) state."""
@@ -68,10 +96,74 @@ class StudioContext:
     cancel: CancelFlags = field(default_factory=CancelFlags)
     send_targets: list[SendTarget] = field(default_factory=list)  # filled in by those tabs as they are built
     loras: dict[str, list[tuple[Path, float]]] = field(default_factory=dict)  # session -> LoRAs picked in the header
+    gpu: GpuPolicy = field(default_factory=GpuPolicy)  # where GPU events run (ZeroGPU or here)
+    inversions: InversionCache = field(default_factory=InversionCache)  # real images, shared by tabs
+    deployment: Deployment = field(default_factory=Deployment)
+    queue: FairQueue = field(default_factory=FairQueue)  # the GPU's turns, one job per session
+    sessions: dict[str, str] = field(default_factory=dict)  # session -> owner, of the sessions seen so far
+    training: dict[tuple[str, str], Any] = field(default_factory=dict)  # (owner, LoRA name) -> its TrainJob
+    notes: str = ""  # what a classroom's teacher shows at the top of every page
+
+    @functools.cached_property
+    def storage(self) -> Storage:
+        return Storage(self.outputs, shared=self.deployment.shared, data_roots=list(self.deployment.data_roots))
 
     @property
-    def lora_root(self) -> Path:
-        return self.outputs / "loras"
+    def limits(self) -> Limits:
+        return self.deployment.limits
+
+    def owner(self, request: gr.Request | None) -> str:
+        """Whose work a request makes: on a private desktop always the one owner; elsewhere the logged-in user, else
+        the browser session."""
+        if not self.deployment.shared:
+            return LOCAL
+        user = getattr(request, "username", None)
+        owner = f"user:{user}" if user else f"session:{session(request)}"
+        self.sessions[session(request)] = owner
+        return owner
+
+    def is_admin(self, request: gr.Request | None) -> bool:
+        return not self.deployment.shared or getattr(request, "username", None) in self.deployment.admins
+
+    def lora_root(self, request: gr.Request | None) -> Path:
+        """This owner's LoRA library and training jobs."""
+        return self.storage.loras(self.owner(request))
+
+    def params(self, cls: type, values: dict[str, Any], **given: Any) -> Any:
+        """`build(cls, values, **given)`, refused if above this studio's limits."""
+        return self.limits.check(build(cls, values, **given))
+
+    def image(self, path: str | None, what: str = "The image") -> Any:
+        """An uploaded image through the one loader (None stays None): any mode, a clear message otherwise."""
+        return None if path is None else load_image(path, name=what if what != "The image" else Path(path).name,
+                                                    max_pixels=self.limits.max_pixels)
+
+    def served(self, path: Path) -> str:
+        """A copy of one of this owner's files for Gradio to serve to the session that asked (the outputs folder
+        itself is never served). A file polled again (a training job's images) is copied once."""
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}".encode()).hexdigest()[:20]
+        copy = Path(tempfile.gettempdir()) / "studio-served" / key / path.name
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, copy)
+        return str(copy)
+
+    def lora_names(self, request: gr.Request | None) -> list[str]:
+        """The finished LoRAs this owner may apply: their own, then those published to everyone ("shared/…")."""
+        return library(self.lora_root(request)) + [f"{SHARED}{n}" for n in library(self.storage.library)]
+
+    def lora_path(self, request: gr.Request | None, name: str) -> Path:
+        """The folder of a LoRA named as `lora_names` lists it; nobody else's."""
+        if name not in self.lora_names(request):
+            raise ValueError(f"No finished LoRA named {name!r} in your library.")
+        return self.storage.library / name.removeprefix(SHARED) if name.startswith(SHARED) else \
+            self.lora_root(request) / name
+
+    def model_id(self, request: gr.Request | None) -> str:
+        """What a job of this session runs on, for caches: the model and the LoRAs picked in the header."""
+        return repr((self.model, [(str(path), scale) for path, scale in self.loras.get(session(request), [])]))
+
 
     @functools.cached_property
     def family(self) -> str:
@@ -86,14 +178,36 @@ class StudioContext:
     @contextmanager
     def job(self, request: gr.Request | None, progress: gr.Progress, *,
             loras: list[tuple[Path, float]] | None = None) -> Iterator[Job]:
-        """The one path of every GPU handler: this session's stop flag (armed afresh), the model lent with `loras`
-        or else the LoRAs this session picked in the header, loading shown on the progress bar; the job's warnings
-        become toasts when it ends."""
-        stop = self.cancel.arm(session(request))
-        loras = self.loras.get(session(request), []) if loras is None else loras
-        with self.manager.lend(self.model, loras=loras, on_progress=lambda f, what: progress(f, desc=what)) as pipe:
-            job = Job(pipe, stop.is_set, progress)
-            yield job
+        """The one path of every GPU handler: this session's turn on the GPU (one job per session, first come first
+        served, its place in the line on the progress bar), its stop flag (armed afresh, also checked inside each
+        denoising step, and set by the studio's time limit), the model lent with `loras` or else the LoRAs this
+        session picked in the header, loading shown on the progress bar; the job's warnings become toasts."""
+        key = session(request)
+        stop = self.cancel.arm(key)
+        loras = self.loras.get(key, []) if loras is None else loras
+        waiting = (lambda ahead: progress(0, desc=f"Waiting for the GPU: {ahead} job{'s' * (ahead != 1)} ahead of "
+                                                   "yours"))
+        with self.queue.turn(key, on_wait=waiting, should_stop=stop.is_set):
+            limit = self.limits.timeout
+            deadline = time.monotonic() + limit if limit else None
+
+            def should_stop() -> bool:
+                return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+            with self.manager.lend(self.model, loras=loras,
+                                   on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+                job = Job(pipe, should_stop, progress)
+                try:
+                    with interruptible(blocks(pipe), should_stop):
+                        yield job
+                    if pipe.withheld:
+                        job.warnings.append(f"{pipe.withheld} image{'s were' if pipe.withheld > 1 else ' was'} "
+                                            "withheld by the model's safety checker (shown grey).")
+                except Cancelled:
+                    if deadline is not None and time.monotonic() > deadline and not stop.is_set():
+                        raise Cancelled(f"Stopped after {limit:g} s, this studio's limit for one job (set with "
+                                        "--timeout)") from None
+                    raise
         for warning in dict.fromkeys(job.warnings):
             gr.Warning(warning)
 
@@ -111,11 +225,18 @@ class StudioContext:
         self.cancel.cancel(session(request))
 
     def end_session(self, request: gr.Request) -> None:
-        """The browser tab closed (Gradio's unload): stop its job and forget what the session left here."""
+        """The browser tab closed (Gradio's unload): stop its job and forget what the session left here; on a shared
+        studio an anonymous session's files go too (a logged-in user's stay theirs)."""
         key = session(request)
         self.cancel.cancel(key)
-        self.cancel.forget(key)
         self.loras.pop(key, None)
+        owner = self.sessions.pop(key, None)
+        if owner and owner.startswith("session:"):
+            for (whose, _), job in list(self.training.items()):
+                if whose == owner:
+                    job.cancel()
+                    job.wait(60)  # its folder goes next: let it stop writing there first
+            self.storage.forget(owner)
 
 
 def session(request: gr.Request | None) -> str:
@@ -123,19 +244,35 @@ def session(request: gr.Request | None) -> str:
     return request.session_hash if request and request.session_hash else "api"
 
 
+@contextmanager
+def _as_messages() -> Iterator[None]:
+    try:
+        yield
+    except Cancelled as stop:
+        raise gr.Error(f"{stop}.", title="Cancelled") from None
+    except Busy as busy:
+        raise gr.Error(str(busy), title="One job at a time") from None
+    except ModelUnavailable as error:
+        raise gr.Error(str(error), title="Model not available", duration=None) from None
+    except ValueError as error:
+        raise gr.Error(str(error), title="Please check the input") from None
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn the studio's exceptions into messages in the UI; the app stays up."""
+    """Turn the studio's exceptions into messages in the UI; the app stays up. Works on handlers that return and on
+    handlers that yield (Gradio streams what they yield)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streaming(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with _as_messages():
+                yield from fn(*args, **kwargs)
+
+        return streaming
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _as_messages():
             return fn(*args, **kwargs)
-        except Cancelled as stop:
-            raise gr.Error(f"{stop}.", title="Cancelled") from None
-        except ModelUnavailable as error:
-            raise gr.Error(str(error), title="Model not available", duration=None) from None
-        except ValueError as error:
-            raise gr.Error(str(error), title="Please check the input") from None
 
     return wrapper
 
@@ -159,12 +296,20 @@ class Form:
         return out
 
     def bind(self, fn: Callable, *, track_tqdm: bool = False) -> Callable:
-        def handler(*args: Any) -> Any:
+        def call(*args: Any) -> Any:
             *flat, request, progress = args
             return fn(self.values(tuple(flat)), request, progress)
 
-        params = [inspect.Parameter(f"input_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                  for i in range(len(self.components))]
+        def stream(*args: Any) -> Iterator[Any]:
+            yield from call(*args)
+
+        # Gradio streams a handler's outputs only if the handler itself is a generator function.
+        handler = stream if inspect.isgeneratorfunction(fn) else call
+
+        # Named after the inputs, so the API's documentation reads like the form (`weights_0`, … for a list).
+        names = [f"{name}_{i}" if isinstance(value, list) else name for name, value in self.inputs.items()
+                 for i in range(len(value) if isinstance(value, list) else 1)]
+        params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
         params += [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
                    inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                      default=gr.Progress(track_tqdm=track_tqdm))]
@@ -172,6 +317,12 @@ class Form:
         handler.__annotations__ = {"request": gr.Request}
         handler.__name__ = handler.__qualname__ = getattr(fn, "__name__", "handler")
         return handler
+
+    def task(self, gpu: GpuPolicy, fn: Callable, cost: Callable[[dict], float], *,
+             track_tqdm: bool = False) -> Callable:
+        """`bind(fn)` as a GPU task: on ZeroGPU it runs inside `@spaces.GPU`, for `cost(values)` seconds of work."""
+        n = len(self.components)
+        return gpu.task(self.bind(fn, track_tqdm=track_tqdm), lambda *args: cost(self.values(args[:n])))
 
 
 def build(cls: type, values: dict[str, Any], **given: Any) -> Any:

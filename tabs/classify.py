@@ -6,9 +6,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio.classify import (SCHEDULES, ClassifyParams, class_presets, classify, classify_batch, opening_list,
-                             plan)
-from tabs import GPU, Form, StudioContext, build, choices, seed_box, slider, user_errors
+from studio.classify import (MAX_FILES, SCHEDULES, BatchResult, ClassifyParams, class_presets, classify,
+                             classify_batch, labelled_images, opening_list, plan)
+from tabs import GPU, Form, StudioContext, build, choices, seed_box, session, slider, user_errors
+from tabs.gpu import SECONDS_PER_EVALUATION
+from tabs.inputs import ImageInput
 
 CUSTOM = "custom"
 SHOWN = 10  # bars in the ranking chart; more would make the labels unreadable
@@ -41,7 +43,7 @@ class ClassifyTab:
             gr.Markdown(EXPLAIN)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    self.image = gr.Image(label="Image", type="pil", height=260, elem_id="classify-image",
+                    self.image = ImageInput(label="Image", type="filepath", height=260, elem_id="classify-image",
                                           elem_classes="studio-image")
                     self.preset = gr.Dropdown(list(self.presets), value=preset, label="Class list preset")
                     self.classes = gr.Textbox("\n".join(classes), label="Classes (one per line)", lines=6,
@@ -78,7 +80,10 @@ class ClassifyTab:
                               open=False):
                 with gr.Row():
                     self.archive = gr.File(label="Zip of class folders", file_types=[".zip"])
-                    self.folder = gr.Textbox(label="…or a folder on this machine", placeholder="/data/pets")
+                    roots = ctx.storage.data_roots
+                    self.folder = gr.Textbox(label="…or a folder on this machine", visible=bool(roots),
+                                             placeholder=str(roots[0] / "pets") if roots else "",
+                                             info=f"Inside {', '.join(map(str, roots))}" if roots else None)
                 self.run_batch = gr.Button("Run batch", variant="primary")
                 self.accuracy = gr.Markdown()
                 self.confusion = gr.Dataframe(label="Confusion matrix (rows: truth, columns: predicted)",
@@ -98,9 +103,12 @@ class ClassifyTab:
         named = dict(classes=self.classes, templates=self.templates, schedule=self.schedule, custom=self.custom,
                      loss=self.loss, seed=self.seed, batch=self.batch)
         one, many = Form(image=self.image, **named), Form(archive=self.archive, folder=self.folder, **named)
-        event = self.run.click(one.bind(self.classify), one.components,
+        event = self.run.click(one.task(self.ctx.gpu, self.classify, self.cost), one.components,
                                [self.info, self.ranking, self.curves, self.stages], api_name="classify",
                                concurrency_id=GPU)
+        # The batch handler only plans; each share of images is one GPU task (all of them, except on ZeroGPU).
+        self.chunk = self.ctx.gpu.task(self.classify_some, lambda source, params, n, *_: n * self.image_seconds(
+            params, len(labelled_images(Path(source))[0])))
         batch = self.run_batch.click(many.bind(self.batch_run), many.components,
                                      [self.accuracy, self.confusion, self.per_image], api_name="classify_batch",
                                      concurrency_id=GPU)
@@ -126,13 +134,21 @@ class ClassifyTab:
         stages = " → ".join(f"{k} classes × {s} samples" for k, (s, _) in zip(sizes, params.stages))
         return f"**Cost:** {calls:,} UNet evaluations ({stages})."
 
+    def image_seconds(self, params: ClassifyParams, n_classes: int) -> float:
+        """GPU seconds of one image: the schedule's UNet evaluations at the model's size."""
+        return plan(n_classes, params)[0] * SECONDS_PER_EVALUATION * (self.ctx.size / 512) ** 2
+
+    def cost(self, values: dict) -> float:
+        return self.image_seconds(self._params(values), len([c for c in values["classes"].splitlines() if c.strip()]))
+
     @user_errors
     def classify(self, values: dict, request: gr.Request, progress: gr.Progress):
-        if values["image"] is None:
+        image = self.ctx.image(values["image"])
+        if image is None:
             raise ValueError("Upload an image to classify.")
         params = self._params(values)
         started = time.perf_counter()
-        result = self.ctx.run_job(request, progress, classify, values["image"], (values["classes"] or "").splitlines(),
+        result = self.ctx.run_job(request, progress, classify, image, (values["classes"] or "").splitlines(),
                                   params, unit="UNet calls")
         seconds = time.perf_counter() - started
         info = (f"### Prediction: **{result.label}**\n{result.unet_calls:,} UNet evaluations in {seconds:.1f} s "
@@ -146,20 +162,40 @@ class ClassifyTab:
         return info, bars, curves, stages
 
     @user_errors
+    def classify_some(self, source: str, params: ClassifyParams, n: int | None, request: gr.Request,
+                      progress: gr.Progress) -> BatchResult:
+        """One GPU task of a batch: up to `n` more images (all with None), their results appended to the batch's
+        file, so the next task resumes after them."""
+        with self.ctx.job(request, progress) as job:
+            return classify_batch(job.pipe, Path(source), params,
+                                  self.ctx.storage.home(self.ctx.owner(request)) / "classify", max_new=n,
+                                  max_pixels=self.ctx.limits.max_pixels, should_stop=job.should_stop,
+                                  on_image=job.on_step("Classifying", "images"))
+
+    @user_errors
     def batch_run(self, values: dict, request: gr.Request, progress: gr.Progress):
         archive, folder = values["archive"], (values["folder"] or "").strip()
-        source = Path(archive) if archive else Path(folder) if folder else None
+        source = Path(archive) if archive else self.ctx.storage.data_path(folder) if folder else None
         if source is None or not source.exists():
             raise ValueError("Upload a zip of class folders, or type the path of such a folder on this machine.")
         params = self._params(values)
-        with self.ctx.job(request, progress) as job:
-            result = classify_batch(job.pipe, source, params, self.ctx.outputs / "classify",
-                                    should_stop=job.should_stop, on_image=job.on_step("Classifying", "images"))
-            if result.skipped:
-                job.warnings.append(f"Skipped {len(result.skipped)} file(s) that are not images: "
-                                    f"{', '.join(result.skipped[:5])}{' …' if len(result.skipped) > 5 else ''}")
+        classes = labelled_images(source, max_files=self.ctx.limits.max_batch_images or MAX_FILES)[0]
+        per_task = self.ctx.gpu.chunk_steps(self.image_seconds(params, len(classes))) if self.ctx.gpu.zero else None
+        while True:
+            result = self.chunk(str(source), params, per_task, request, progress)
+            yield self._batch_tables(result)
+            if not result.pending or self.ctx.cancel.flag(session(request)).is_set():
+                break
+        if result.skipped:
+            gr.Warning(f"Skipped {len(result.skipped)} file(s) that are not images: "
+                       f"{', '.join(result.skipped[:5])}{' …' if len(result.skipped) > 5 else ''}")
+
+    @staticmethod
+    def _batch_tables(result: BatchResult) -> tuple:
         confusion = pd.DataFrame(result.confusion(), index=result.classes, columns=result.classes)
         confusion.insert(0, "truth", result.classes)
         accuracy = (f"**Accuracy: {100 * result.accuracy:.1f}%** on {len(result.rows)} images · "
                     f"{len(result.classes)} classes (from the sub-folder names; the class list above is not used)")
+        if result.pending:
+            accuracy += f" · {result.pending} more to go"
         return accuracy, confusion, pd.DataFrame(result.rows)

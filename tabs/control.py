@@ -11,9 +11,12 @@ from studio.models import ModelUnavailable
 from studio.preprocess import PREPROCESSORS, Knobs, run_preprocessor
 from tabs import (GPU, PRESETS, Form, StudioContext, build, checkbox, choices, model_examples, seed_box, slider,
                   user_errors)
+from tabs.gpu import denoising
+from tabs.inputs import EditorInput, ImageInput
 
 KNOB_FIELDS = [f.name for f in fields(Knobs) if f.name != "detect_resolution"]
 UNIT_FIELDS = ("enabled", "model", "map", "scale", "start", "end")  # each condition's inputs, in the API's order
+PREVIEW_SECONDS = 5  # one preprocessor on one image, its network included
 LABELS = {p.label: p.name for p in PREPROCESSORS.values()}
 EXPLAIN = ("Zhang & Agrawala, *ControlNet* (2023): a trainable copy of the UNet's encoder reads a condition map at "
            "every step. Mou et al., *T2I-Adapter* (2023): a small network reads it **once**; its features are "
@@ -44,11 +47,12 @@ def editor_value(image: Image.Image | None) -> dict:
     return {"background": image, "layers": [], "composite": image}
 
 
-def map_from_editor(value: dict | None) -> Image.Image | None:
-    """The edited map: strokes over the detected map; where nothing is drawn on a blank canvas, black (no edge)."""
-    if not value or value.get("composite") is None:
+def map_from_editor(composite: Image.Image | None) -> Image.Image | None:
+    """The edited map (the editor's composite: strokes over the detected map); where nothing is drawn on a blank
+    canvas, black (no edge)."""
+    if composite is None:
         return None
-    composite = value["composite"].convert("RGBA")
+    composite = composite.convert("RGBA")
     return Image.alpha_composite(Image.new("RGBA", composite.size, "black"), composite).convert("RGB")
 
 
@@ -80,7 +84,7 @@ class ControlTab:
                                                    radio=True)
                         self.guess = checkbox(ControlParams, "guess_mode", "Guess mode (ControlNet only)")
                         with gr.Row():
-                            self.init = gr.Image(label="img2img: start from this image (optional)", type="pil",
+                            self.init = ImageInput(label="img2img: start from this image (optional)", type="filepath",
                                                  height=160)
                             self.strength = slider(ControlParams, "strength", "img2img strength")
                     with gr.Row():
@@ -116,11 +120,11 @@ class ControlTab:
         with gr.Accordion(f"Condition {k + 1}", open=k == 0):
             enabled = gr.Checkbox(k == 0, label="Use this condition")
             with gr.Row():
-                source = gr.Image(image, label="Image", type="pil", height=200, elem_id=f"control-image-{k + 1}",
+                source = ImageInput(image, label="Image", type="filepath", height=200, elem_id=f"control-image-{k + 1}",
                                   elem_classes="studio-image")
-                edited = gr.ImageEditor(editor_value(detected) if detected else None,
+                edited = EditorInput(editor_value(detected) if detected else None,
                                         label="Map (paint white to add, black to erase)",
-                                        type="pil", image_mode="RGBA", height=200, elem_id=f"control-map-{k + 1}",
+                                        type="filepath", image_mode="RGBA", height=200, elem_id=f"control-map-{k + 1}",
                                         brush=gr.Brush(colors=["#ffffff", "#000000"], color_mode="fixed"),
                                         layers=False, canvas_size=(self.size, self.size), format="png")
             with gr.Row():
@@ -166,7 +170,6 @@ class ControlTab:
 
     # Wiring
     def _wire(self) -> None:
-        size = [self.width, self.height]
         for k, unit in enumerate(self.units):
             detect = Form(image=unit.image, preprocessor=unit.preprocessor, pixel_perfect=unit.pixel_perfect,
                           detect_resolution=unit.detect_resolution, width=self.width, height=self.height,
@@ -176,11 +179,12 @@ class ControlTab:
                                       unit.detect_resolution, api_name=False, queue=False)
             unit.model.change(self.match_preprocessor, [unit.model, unit.preprocessor], unit.preprocessor,
                               api_name=False, queue=False)
-            unit.preview.click(detect.bind(self.preview), detect.components, unit.map,
-                               api_name="control_preview" if k == 0 else False,
-                               concurrency_id=GPU)
+            preview = detect.task(self.ctx.gpu, self.preview, lambda v: PREVIEW_SECONDS)
+            # Previews have their own line: a map should not wait behind other people's images.
+            unit.preview.click(preview, detect.components, unit.map, api_name="control_preview" if k == 0 else False,
+                               concurrency_id="preview")
             for trigger in (unit.image.upload, unit.preprocessor.input):  # a new image or detector: a new map
-                trigger(detect.bind(self.preview), detect.components, unit.map, api_name=False, concurrency_id=GPU)
+                trigger(preview, detect.components, unit.map, api_name=False, concurrency_id="preview")
         # The API's argument order of `control` and `control_compare`: the settings, then the units' or the compared
         # models' inputs.
         settings = dict(prompt=self.prompt, negative_prompt=self.negative, steps=self.steps, cfg=self.cfg,
@@ -188,16 +192,27 @@ class ControlTab:
                         guess_mode=self.guess, resize_mode=self.resize_mode, init=self.init, strength=self.strength)
         units = {f"{name}{k + 1}": getattr(u, name) for k, u in enumerate(self.units) for name in UNIT_FIELDS}
         form = Form(**settings, **units)
-        event = self.run.click(form.bind(self.generate), form.components, [self.output, self.fed, self.info],
-                               api_name="control", concurrency_id=GPU)
+        gpu = self.ctx.gpu
+        units_on = lambda v: sum(bool(v[f"enabled{k + 1}"]) for k in range(MAX_UNITS))  # noqa: E731
+        event = self.run.click(form.task(gpu, self.generate, lambda v: self.cost(v, 1 + units_on(v))),
+                               form.components, [self.output, self.fed, self.info], api_name="control",
+                               concurrency_id=GPU)
         compare = Form(**settings, map1=self.units[0].map, controlnet=self.compare_cn, adapter=self.compare_ad)
-        comparing = self.compare_button.click(compare.bind(self.compare), compare.components,
-                                              [self.compared, self.compare_info], api_name="control_compare",
-                                              concurrency_id=GPU)
-        self.all_button.click(self.preview_all, [self.units[0].image, *size], [self.all_maps, self.all_info],
-                              api_name="control_all_preprocessors", concurrency_id=GPU)
+        comparing = self.compare_button.click(compare.task(gpu, self.compare, lambda v: self.cost(v, 1 + 2 + 1)),
+                                              compare.components, [self.compared, self.compare_info],
+                                              api_name="control_compare", concurrency_id=GPU)
+        every = Form(image=self.units[0].image, width=self.width, height=self.height)
+        self.all_button.click(every.task(gpu, self.preview_all, lambda v: PREVIEW_SECONDS * len(PREPROCESSORS)),
+                              every.components, [self.all_maps, self.all_info], api_name="control_all_preprocessors",
+                              concurrency_id="preview")
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event, comparing], api_name="cancel_control",
                         queue=False)
+
+    @staticmethod
+    def cost(values: dict, networks: float) -> float:
+        """GPU seconds: the steps at the output size, each running the UNet and every enabled ControlNet (adapters
+        run once and cost little; counted as a network anyway)."""
+        return denoising(values["steps"] * networks / 2 + values["steps"], 1, values["width"], values["height"])
 
     @staticmethod
     def show_knobs(label: str) -> list:
@@ -215,18 +230,19 @@ class ControlTab:
 
     @user_errors
     def preview(self, values: dict, request: gr.Request, progress: gr.Progress):
-        if values["image"] is None:
+        image = self.ctx.image(values["image"])
+        if image is None:
             raise ValueError("Upload an image for this condition first (or draw a map directly).")
         name = LABELS[values["preprocessor"]]
         resolution = (min(int(values["width"]), int(values["height"])) if values["pixel_perfect"]
                       else values["detect_resolution"])
         knobs = build(Knobs, dict(zip(KNOB_FIELDS, values["knobs"])), detect_resolution=resolution)
         detector = self.ctx.manager.annotator(name, on_progress=lambda f, what: progress(f, desc=what))
-        return editor_value(run_preprocessor(name, values["image"], knobs, detector))
+        return editor_value(run_preprocessor(name, image, knobs, detector))
 
     def _unit_from(self, k: int, model: str, edited: dict | None, scale: float, start: float,
                    end: float) -> ControlUnit:
-        condition = map_from_editor(edited)
+        condition = map_from_editor(self.ctx.image((edited or {}).get("composite"), f"Condition {k + 1}'s map"))
         if condition is None:
             raise ValueError(f"Condition {k + 1} has no map: upload an image and press “Preview map”, or draw one.")
         if not model:
@@ -236,12 +252,13 @@ class ControlTab:
 
     @user_errors
     def generate(self, values: dict, request: gr.Request, progress: gr.Progress):
-        params = build(ControlParams, values)
+        params = self.ctx.params(ControlParams, values)
         units = [self._unit_from(k, *(values[f"{name}{k + 1}"] for name in UNIT_FIELDS[1:]))
                  for k in range(MAX_UNITS) if values[f"enabled{k + 1}"]]
         if not units:
             gr.Warning("No condition is switched on: this is a plain text-to-image picture.")
-        result = self.ctx.run_job(request, progress, run_control, units, params, init_image=values["init"])
+        result = self.ctx.run_job(request, progress, run_control, units, params,
+                                  init_image=self.ctx.image(values["init"], "The img2img start image"))
         names = ", ".join(f"{u.name} × {u.scale:g} over {u.start:g}–{u.end:g}" for u in units) or "no control"
         info = f"seed {result.seed} · {result.seconds:.2f} s · {names}"
         return result.image, [(m, u.name) for m, u in zip(result.conditions, units)], info
@@ -249,7 +266,8 @@ class ControlTab:
     @user_errors
     def compare(self, values: dict, request: gr.Request, progress: gr.Progress):
         seed = values["seed"] if values["seed"] is not None and values["seed"] >= 0 else 0  # one seed for every run
-        params = build(ControlParams, values, seed=seed)
+        params = self.ctx.params(ControlParams, values, seed=seed)
+        init = self.ctx.image(values["init"], "The img2img start image")
         runs = [("no control", [])] + [(f"{kind} {name}", [self._unit_from(0, name, values["map1"], 1.0, 0.0, 1.0)])
                                        for kind, name in (("ControlNet", values["controlnet"]),
                                                           ("T2I-Adapter", values["adapter"])) if name]
@@ -257,7 +275,7 @@ class ControlTab:
         with self.ctx.job(request, progress) as job:
             for i, (label, units) in enumerate(runs):
                 progress((i, len(runs)), desc=f"Generating: {label}", unit="images")
-                result = run_control(job.pipe, units, params, init_image=values["init"],
+                result = run_control(job.pipe, units, params, init_image=init,
                                      should_stop=job.should_stop)
                 job.warnings += result.warnings
                 shown.append((result.image, f"{label} · {result.seconds:.2f} s"))
@@ -268,7 +286,8 @@ class ControlTab:
         return shown, f"Same map, prompt and seed {params.seed}, {params.steps} steps:\n\n{table}"
 
     @user_errors
-    def preview_all(self, image, width, height, progress=gr.Progress()):
+    def preview_all(self, values: dict, request: gr.Request, progress: gr.Progress):
+        image, width, height = self.ctx.image(values["image"]), values["width"], values["height"]
         if image is None:
             raise ValueError("Upload an image for condition 1 first.")
         knobs = Knobs(detect_resolution=min(int(width), int(height)))

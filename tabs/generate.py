@@ -6,7 +6,8 @@ from dataclasses import asdict, fields
 import gradio as gr
 
 from studio.generate import GenerateParams, read_png_params, run_generate, save_png
-from tabs import GPU, Form, SendTarget, StudioContext, build, choices, model_examples, seed_box, slider, user_errors
+from tabs import GPU, Form, SendTarget, StudioContext, choices, model_examples, seed_box, slider, user_errors
+from tabs.gpu import denoising
 
 FIELDS = [f.name for f in fields(GenerateParams)]  # the API's argument order of `generate` and `restore_params`
 
@@ -60,9 +61,10 @@ class GenerateTab:
         self._wire()
 
     def _wire(self) -> None:
-        event = self.run.click(self.form.bind(self.generate, track_tqdm=True), self.form.components,
-                               [self.gallery, self.info, self.last], api_name="generate", concurrency_id=GPU,
-                               concurrency_limit=1)
+        work = self.form.task(self.ctx.gpu, self.generate, lambda v: denoising(v["steps"], v["n_images"], v["width"],
+                                                                               v["height"]), track_tqdm=True)
+        event = self.run.click(work, self.form.components, [self.gallery, self.info, self.last], api_name="generate",
+                               concurrency_id=GPU)
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event], api_name="cancel_generate", queue=False)
         self.random_seed.click(lambda: -1, None, self.seed, api_name=False, queue=False)
         self.reuse_seed.click(lambda last: last[0]["seed"] if last else -1, self.last, self.seed, api_name=False,
@@ -72,24 +74,26 @@ class GenerateTab:
 
     @user_errors
     def generate(self, values: dict, request: gr.Request, progress: gr.Progress):
-        params = build(GenerateParams, values)
+        params = self.ctx.params(GenerateParams, values)
         started = time.perf_counter()
         result = self.ctx.run_job(request, progress, run_generate, params, model_name=self.ctx.model)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        paths = [str(save_png(image, meta, self.ctx.outputs / f"{stamp}-{meta['image_seed']}.png"))
+        owner = self.ctx.owner(request)
+        saved = [save_png(image, meta, self.ctx.storage.png(owner, meta["image_seed"]))
                  for image, meta in zip(result.images, result.metadata)]
-        seeds = f"{result.seed}" if len(paths) == 1 else f"{result.seed}–{result.seed + len(paths) - 1}"
+        seeds = f"{result.seed}" if len(saved) == 1 else f"{result.seed}–{result.seed + len(saved) - 1}"
+        where = "kept with your session" if self.ctx.deployment.shared else f"saved to `{saved[0].parent}`"
         info = (f"**Seed {seeds}** · {time.perf_counter() - started:.1f} s · {params.steps} steps "
-                f"{params.scheduler} · {result.metadata[0]['width']}×{result.metadata[0]['height']} · "
-                f"saved to `{self.ctx.outputs}`")
-        return paths, info, result.metadata
+                f"{params.scheduler} · {result.metadata[0]['width']}×{result.metadata[0]['height']} · {where}")
+        return [self.ctx.served(path) for path in saved], info, result.metadata
 
     @staticmethod
     def select(event: gr.SelectData) -> int:
         return event.index
 
     @user_errors
-    def restore_params(self, path: str):
+    def restore_params(self, path: str | None):
+        if path is None:
+            raise ValueError("Drop a PNG made by the studio here.")
         params = asdict(read_png_params(path))
         return [params[name] for name in FIELDS]
 

@@ -2,7 +2,7 @@
 
 import gradio as gr
 
-from studio.lora import LoraUse, library
+from studio.lora import LoraUse
 from tabs import StudioContext, session, slider, user_errors
 
 SLOTS = 2
@@ -17,7 +17,7 @@ class LoraBar:
                 for k in range(SLOTS):
                     name = gr.Dropdown([], value=None, label=f"LoRA {k + 1}", elem_id=f"lora-{k + 1}",
                                        allow_custom_value=True,
-                                       info="From the library the Train tab fills (outputs/loras)")
+                                       info="Yours from the Train tab, and shared/… ones published to all")
                     scale = slider(LoraUse, "scale", f"Scale {k + 1}")
                     self.slots.append((name, scale))
             self.active = gr.Markdown("No LoRA applied.", elem_id="lora-active")
@@ -30,16 +30,16 @@ class LoraBar:
         self.apply = gr.Button(visible=False)
         self.apply.click(self.pick, inputs, self.active, api_name="loras_pick", queue=False)
 
-    def refresh(self):
-        return gr.update(choices=library(self.ctx.lora_root))
+    def refresh(self, request: gr.Request):
+        return gr.update(choices=self.ctx.lora_names(request))
 
     @user_errors
     def pick(self, name1, scale1, name2, scale2, request: gr.Request):
         picked = [(n, LoraUse(n, float(s)).scale) for n, s in ((name1, scale1), (name2, scale2)) if n]
-        known = library(self.ctx.lora_root)
+        known = self.ctx.lora_names(request)
         if missing := [n for n, _ in picked if n not in known]:
-            raise ValueError(f"No finished LoRA named {', '.join(missing)} in {self.ctx.lora_root}.")
-        self.ctx.loras[session(request)] = [(self.ctx.lora_root / n, s) for n, s in picked]
+            raise ValueError(f"No finished LoRA named {', '.join(missing)} in your library.")
+        self.ctx.loras[session(request)] = [(self.ctx.lora_path(request, n), s) for n, s in picked]
         if not picked:
             return "No LoRA applied."
         return "Applied in every tab: " + ", ".join(f"**{n}** × {s:g}" for n, s in picked)

@@ -5,9 +5,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from studio.inversion import invert, inversion_key
 from studio.p2p import WEIGHT_RANGE, P2PParams, P2PResult, run_p2p
-from tabs import GPU, Form, SendTarget, StudioContext, build, choices, model_examples, seed_box, slider, user_errors
+from tabs import GPU, Form, SendTarget, StudioContext, choices, model_examples, seed_box, slider, user_errors
+from tabs.gpu import denoising
+from tabs.inputs import ImageInput
 
 EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edited prompt are drawn together from "
            "the same noise; for the first part of the schedule the edit reuses the source's cross-attention maps, so "
@@ -15,6 +16,7 @@ EXPLAIN = ("Hertz et al., *Prompt-to-Prompt* (ICLR 2023). The source and the edi
            "**refine** adds words, **reweight** turns a word's attention up or down (the sliders work with every "
            "edit). **LocalBlend** keeps the edit inside where the chosen words attend.")
 MAX_WEIGHT_WORDS = 12
+MIN_INVERSION_STEPS = 20  # below it null-text inversion rarely meets its early stop: slower and worse (6 dB at 5)
 
 
 def heat(values: np.ndarray, size: int) -> Image.Image:
@@ -64,11 +66,12 @@ class P2PTab:
                                                     info="Reweight alone may leave this empty.")
                     self.edit = choices(P2PParams, "edit", "Edit", radio=True, value=edit)
                     with gr.Accordion("Edit a real image (DDIM + null-text inversion)", open=False):
-                        self.real = gr.Image(label="Real image (the source prompt must describe it)", type="pil",
+                        self.real = ImageInput(label="Real image (the source prompt must describe it)",
+                                               type="filepath",
                                              height=200, elem_id="p2p-real")
                         gr.Markdown("The image is inverted once for its source prompt, steps and guidance (about "
-                                    "20 model calls per step); later edits with the same settings reuse it.")
-                        self.inversion = gr.State(None)
+                                    "20 model calls per step); later edits with the same settings reuse it, and the "
+                                    "DDIM inversion is shared with the Edit a real image tab.")
                     gr.Markdown("**Attention weight per word of the edited prompt** (1 = unchanged)")
                     with gr.Row():
                         # The words the sliders stand for, in order: a hidden component rather than State, so that
@@ -144,10 +147,9 @@ class P2PTab:
                     cross_start=self.cross_start, cross_end=self.cross_end, word_windows=self.word_windows,
                     self_end=self.self_end, blend_words=self.blend_words, blend_threshold=self.blend_threshold,
                     blend_levels=self.blend_levels, steps=self.steps, cfg=self.cfg, seed=self.seed, real=self.real,
-                    inversion=self.inversion, weights=self.weights)
-        event = self.run.click(form.bind(self.p2p), form.components, [self.source, self.edited, self.info,
-                                                                      self.result, self.side, self.mask,
-                                                                      self.inversion],
+                    weights=self.weights)
+        event = self.run.click(form.task(self.ctx.gpu, self.p2p, self.cost), form.components,
+                               [self.source, self.edited, self.info, self.result, self.side, self.mask],
                                api_name="p2p", concurrency_id=GPU)
         event.then(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
                    api_name=False)
@@ -155,6 +157,13 @@ class P2PTab:
         for control in (self.upto, self.side):
             control.change(self.explore, [self.result, self.upto, self.side], [self.source_maps, self.edited_maps],
                            api_name=False, queue=False)
+
+    def cost(self, values: dict) -> float:
+        """GPU seconds: two images, plus a real image's inversion (DDIM, then null-text: about ten optimisation
+        steps, forward and backward, per step)."""
+        steps, size = values["steps"], self.ctx.size
+        inversion = 21 * steps if values["real"] is not None else 0
+        return denoising(2 * steps + inversion, 1, size, size)
 
     @staticmethod
     def words(target: str, source: str) -> list[str]:
@@ -181,32 +190,43 @@ class P2PTab:
 
     @user_errors
     def p2p(self, values: dict, request: gr.Request, progress: gr.Progress):
-        source, target, real, cached = (values[k] for k in ("source_prompt", "target_prompt", "real", "inversion"))
+        source, target = values["source_prompt"], values["target_prompt"]
+        real = self.ctx.image(values["real"], "The real image")
         weights = dict(zip(self.words(target, source), values["weights"]))
-        params = build(P2PParams, values, weights={w: float(v) for w, v in weights.items() if v != 1},
+        params = self.ctx.params(P2PParams, values, weights={w: float(v) for w, v in weights.items() if v != 1},
                        word_windows=parse_windows(values["word_windows"]),
                        blend_words=(values["blend_words"] or "").split(),
                        blend_levels=[int(level) for level in values["blend_levels"] or []])
         inversion = None
         with self.ctx.job(request, progress) as job:
-            if real is not None:
-                inversion = cached
-                if cached is None or cached.key != inversion_key(real, params.source_prompt, params.steps, params.cfg):
-                    inversion = invert(job.pipe, real, params.source_prompt, steps=params.steps, cfg=params.cfg,
-                                       should_stop=job.should_stop, on_step=job.on_step("Inverting the image"))
+            if real is not None and params.steps < MIN_INVERSION_STEPS:
+                job.warnings.append(f"A real image inverted in {params.steps} steps reconstructs poorly, and "
+                                    "null-text inversion then works hardest: use at least "
+                                    f"{MIN_INVERSION_STEPS} steps.")
+            if real is not None:  # the shared cache: inverted once per model, image, prompt, steps and guidance
+                model = self.ctx.model_id(request)
+                cached = [self.ctx.inversions.has(real, params.source_prompt, params.steps, cfg, model)
+                          for cfg in (None, params.cfg)]
+                inversion = self.ctx.inversions.null_text(job.pipe, real, params.source_prompt, params.steps,
+                                                          params.cfg, model=model,
+                                                          should_stop=job.should_stop,
+                                                          on_step=job.on_step("Inverting the image"))
             result = run_p2p(job.pipe, params, inversion=inversion, should_stop=job.should_stop,
                              on_step=job.on_step("Denoising source and edit"))
             job.warnings += result.warnings
         weighted = ", ".join(f"{w} ×{v:g}" for w, v in params.weights.items()) or "none"
-        info = (f"{params.edit} · seed {result.seed} · cross-attention {params.cross_start:.2f}–{params.cross_end:.2f} · "
-                f"self-attention until {params.self_end:.2f} · weights: {weighted}")
+        info = (f"{params.edit} · seed {result.seed} · cross-attention {params.cross_start:.2f}–"
+                f"{params.cross_end:.2f} · self-attention until {params.self_end:.2f} · weights: {weighted}")
         sides = gr.update(choices=["all", *map(str, result.maps.sides)], value="all")
         blended = result.blend_mask is not None
         mask = gr.update(value=blend_view(result.edited, result.blend_mask) if blended else None, visible=blended)
         if inversion is not None:
             info += (f"\n\nReal image: reconstruction PSNR {inversion.psnr:.1f} dB with null-text inversion "
-                     f"({inversion.psnr_ddim:.1f} dB with DDIM inversion alone).")
-        return result.source, result.edited, info, result, sides, mask, inversion
+                     f"({inversion.psnr_ddim:.1f} dB with DDIM inversion alone). "
+                     + ("Inversion reused from the cache." if cached[1] else
+                        "DDIM inversion reused from the cache, null-text inversion computed." if cached[0] else
+                        "Inversion computed (now cached)."))
+        return result.source, result.edited, info, result, sides, mask
 
     @staticmethod
     def explore(result: P2PResult | None, upto: float, side: str):

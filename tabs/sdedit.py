@@ -6,8 +6,10 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from studio.sdedit import CompositeParams, SDEditParams, composite, guide_from_layers, run_sdedit, sweep
-from tabs import GPU, Form, SendTarget, StudioContext, build, seed_box, slider, user_errors
+from studio.sdedit import MAX_SIDE, CompositeParams, SDEditParams, composite, guide_from_layers, run_sdedit, sweep
+from tabs import GPU, Form, SendTarget, StudioContext, seed_box, slider, user_errors
+from tabs.inputs import EditorInput, ImageInput
+from tabs.gpu import denoising
 
 PALETTE = ["#dc1e1e", "#ebcd14", "#1eaa32", "#1e46e1", "#9628c8", "#ffffff", "#808080", "#000000", "#8b5a2b"]
 SWEEP_T0 = [0.2, 0.35, 0.5, 0.65, 0.8, 0.95]
@@ -28,8 +30,8 @@ class SDEditTab:
                         "paint that part on the **Mask** layer (any colour), everything else stays pixel-exact.")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    self.editor = gr.ImageEditor(
-                        label="Guide", type="pil", image_mode="RGBA", canvas_size=(self.size, self.size),
+                    self.editor = EditorInput(
+                        label="Guide", type="filepath", image_mode="RGBA", canvas_size=(self.size, self.size),
                         layers=gr.LayerOptions(allow_additional_layers=False, layers=["Strokes", "Mask"]),
                         brush=gr.Brush(colors=PALETTE, default_size=max(2, self.size // 12), color_mode="defaults"),
                         height=420, elem_id="sdedit-editor")
@@ -63,7 +65,7 @@ class SDEditTab:
                     self.plot = gr.LinePlot(x="t0", y="value", color="measure", height=240,
                                             title="Faithfulness (distance to guide) and realism (denoising error)")
                     with gr.Accordion("Composite: paste a second image and harmonise it", open=False):
-                        self.patch = gr.Image(label="Image to paste", type="pil")
+                        self.patch = ImageInput(label="Image to paste", type="filepath")
                         with gr.Row():
                             self.px = slider(CompositeParams, "x", "Centre x")
                             self.py = slider(CompositeParams, "y", "Centre y")
@@ -77,10 +79,12 @@ class SDEditTab:
         self.form = Form(editor=self.editor, use_mask=self.use_mask, prompt=self.prompt,
                          negative_prompt=self.negative_prompt, t0=self.t0, steps=self.steps, cfg=self.cfg,
                          eta=self.eta, repeats=self.repeats, seed=self.seed, feather=self.feather)
-        event = self.run.click(self.form.bind(self.sdedit), self.form.components, [self.output, self.views, self.info],
-                               api_name="sdedit", concurrency_id=GPU)
-        sweeping = self.sweep_button.click(self.form.bind(self.sweep), self.form.components, [self.strip, self.plot],
-                                           api_name="sdedit_sweep", concurrency_id=GPU)
+        gpu = self.ctx.gpu
+        event = self.run.click(self.form.task(gpu, self.sdedit, self.cost), self.form.components,
+                               [self.output, self.views, self.info], api_name="sdedit", concurrency_id=GPU)
+        sweeping = self.sweep_button.click(
+            self.form.task(gpu, self.sweep, lambda v: sum(self.cost({**v, "t0": t0}) for t0 in SWEEP_T0)),
+            self.form.components, [self.strip, self.plot], api_name="sdedit_sweep", concurrency_id=GPU)
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event, sweeping], api_name="cancel_sdedit", queue=False)
         self.blank.click(lambda: Image.new("RGB", (self.size, self.size), "white"), None, self.editor,
                          api_name=False, queue=False)
@@ -88,14 +92,23 @@ class SDEditTab:
                          api_name="sdedit_composite")
 
     @staticmethod
-    def _inputs(values: dict) -> tuple:
+    def cost(values: dict) -> float:
+        """GPU seconds of one run: the last t0 of the steps, K times, at the guide's size (at most MAX_SIDE)."""
+        background = (values["editor"] or {}).get("background")
+        width, height = Image.open(background).size if background else (512, 512)  # reads the header only
+        scale = min(1.0, MAX_SIDE / max(width, height))
+        return denoising(values["steps"] * values["t0"] * values["repeats"], 1, width * scale, height * scale)
+
+    def _inputs(self, values: dict) -> tuple:
         editor = values["editor"]
-        if not editor:
+        if not editor or not (editor.get("background") or editor.get("layers")):
             raise ValueError("Upload an image or press “Blank white canvas”, then paint on it.")
-        layers = editor.get("layers") or []
-        guide, mask = guide_from_layers(editor.get("background"), layers[0] if layers else None,
+        layers = [self.ctx.image(path, what) for path, what in zip(editor.get("layers") or [], ("The Strokes layer",
+                                                                                             "The Mask layer"))]
+        guide, mask = guide_from_layers(self.ctx.image(editor.get("background"), "The guide"),
+                                        layers[0] if layers else None,
                                         layers[1] if values["use_mask"] and len(layers) > 1 else None)
-        return guide, mask, build(SDEditParams, values)
+        return guide, mask, self.ctx.params(SDEditParams, values)
 
     @user_errors
     def sdedit(self, values: dict, request: gr.Request, progress: gr.Progress):
@@ -126,8 +139,9 @@ class SDEditTab:
     def paste_patch(self, editor, patch, x, y, scale):
         if patch is None:
             raise ValueError("Choose an image to paste first.")
-        base = (editor or {}).get("background") or Image.new("RGB", (self.size, self.size), "white")
-        collage, mask = composite(base, patch, x, y, scale)
+        background = (editor or {}).get("background")
+        base = self.ctx.image(background, "The guide") if background else Image.new("RGB", (self.size,) * 2, "white")
+        collage, mask = composite(base, self.ctx.image(patch, "The image to paste"), x, y, scale)
         mask_layer = Image.new("RGBA", collage.size)
         mask_layer.putalpha(Image.fromarray(mask))
         return {"background": collage, "layers": [Image.new("RGBA", collage.size), mask_layer], "composite": collage}

@@ -1,16 +1,20 @@
 """Train tab: DreamBooth with LoRA in the background (Ruiz et al. 2023; Hu et al. 2022), then try it and download."""
 
-from dataclasses import fields
+from dataclasses import asdict, fields
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from studio.generate import GenerateParams, run_generate
-from studio.lora import WEIGHTS, LoraUse, check_name, library
+from studio.lora import WEIGHTS, LoraUse, check_name
 from studio.shapes.concepts import CONCEPTS, concept_images
-from studio.train_data import check_images, check_new_job, check_resumable
-from studio.trainer import TrainJob, TrainParams, identifier_report, presets
-from tabs import GPU, Form, StudioContext, build, checkbox, choices, slider, user_errors
+from studio.train_data import (check_images, check_new_job, check_resumable, class_folder, class_images, load_job,
+                               raise_steps, save_job)
+from studio.trainer import (VALIDATION_SEEDS, VALIDATION_STEPS, TrainJob, TrainParams, TrainState, identifier_report,
+                            presets, read_state, train_until)
+from tabs import GPU, Form, StudioContext, checkbox, choices, session, slider, user_errors
+from tabs.gpu import SECONDS_PER_TRAIN_STEP, denoising
 
 EXPLAIN = ("Ruiz et al., *DreamBooth* (2023) with Hu et al.'s *LoRA* (2022): a rare identifier (**sks**) in the "
            "instance prompt is bound to your subject from 3–20 images, by training small low-rank updates of the "
@@ -28,8 +32,8 @@ class TrainTab:
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
-        self.root = ctx.lora_root
-        self.jobs: dict[str, TrainJob] = {}  # by LoRA name; per app, shared by the sessions that watch them
+        # By (owner, LoRA name): a job is seen, cancelled and resumed only by whoever started it (and a teacher).
+        self.jobs: dict[tuple[str, str], TrainJob] = ctx.training
         self.presets = presets()
         defaults = TrainParams(resolution=ctx.size, **self.presets["quick"])
         with gr.Tab(self.LABEL, id=self.TAB_ID):
@@ -65,7 +69,7 @@ class TrainTab:
                     self.drift = gr.Gallery(label="Class prompt before → after training (language drift)",
                                             columns=4, height=140, format="png", object_fit="contain")
                     with gr.Accordion("Try it", open=True):
-                        self.lora = gr.Dropdown(library(self.root), label="LoRA from the library",
+                        self.lora = gr.Dropdown([], label="LoRA from the library",
                                                 allow_custom_value=True)
                         self.try_prompt = gr.Textbox(label="Prompt", placeholder="a sks dog on the beach")
                         self.scale = slider(LoraUse, "scale", "LoRA scale")
@@ -75,6 +79,9 @@ class TrainTab:
                         self.downloads = gr.File(label="Download (diffusers and kohya/A1111 formats)",
                                                  file_count="multiple", interactive=False)
             self.timer = gr.Timer(1.0, active=False)
+        # On ZeroGPU each share of a job is one GPU call, asking for the share's own estimate.
+        self.draw_prior = ctx.gpu.task(self._draw_prior, self._prior_seconds)
+        self.train_share = ctx.gpu.task(self._train_share, self._share_seconds)
         self._wire()
 
     @staticmethod
@@ -89,27 +96,38 @@ class TrainTab:
         return slider(TrainParams, name, label, value=value)
 
     def _wire(self) -> None:
-        prompts = [self.instance_prompt, self.identifier, self.class_prompt, self.validation_prompts]
         outputs = [self.status, self.loss, self.validation, self.drift, self.downloads, self.lora, self.timer]
         self.use_concept.click(self.shapes_concept, self.concept,
                                [self.files, self.instance_prompt, self.identifier, self.class_prompt, self.name,
                                 self.preset], api_name="train_concept")
         self.identifier.change(self.describe_identifier, self.identifier, self.tokens, api_name=False, queue=False)
         self.preset.change(self.use_preset, self.preset, self.settings, api_name=False, queue=False)
-        # Training runs in its own thread, outside the GPU queue: these return at once and the timer polls the job
-        # named in the name box.
         # The API's argument order of `train_start`: files, name, the prompts, then SETTINGS in order.
         start = Form(files=self.files, name=self.name, instance_prompt=self.instance_prompt,
                      identifier=self.identifier, class_prompt=self.class_prompt,
                      validation_prompts=self.validation_prompts, **dict(zip(SETTINGS, self.settings)))
-        self.start.click(start.bind(self.start_job), start.components, [self.status, self.timer],
-                         api_name="train_start")
-        self.resume.click(self.resume_job, [self.name, self.settings[SETTINGS.index("steps")]],
-                          [self.status, self.timer], api_name="train_resume")
-        self.stop.click(self.cancel, self.name, None, api_name="train_cancel", queue=False)
-        self.timer.tick(self.poll, self.name, outputs, api_name="train_status", queue=False)
-        self.generate.click(self.try_it, [self.lora, self.try_prompt, self.scale], self.samples, api_name="train_try",
-                            concurrency_id=GPU)
+        resume = Form(name=self.name, steps=self.settings[SETTINGS.index("steps")])
+        if self.ctx.gpu.zero:
+            # ZeroGPU has no background threads: the job runs from this event as a series of GPU calls, each
+            # resuming from the checkpoint the previous one saved; this session's Cancel stops the running call.
+            self.start.click(start.bind(self.start_shares), start.components, outputs, api_name="train_start",
+                             concurrency_id="train")
+            self.resume.click(resume.bind(self.resume_shares), resume.components, outputs, api_name="train_resume",
+                              concurrency_id="train")
+            self.stop.click(self.ctx.stop_job, None, None, api_name="train_cancel", queue=False)
+        else:
+            # Training runs in its own thread, between other jobs' turns: these return at once and the timer polls
+            # the job named in the name box.
+            self.start.click(start.bind(self.start_job), start.components, [self.status, self.timer],
+                             api_name="train_start")
+            self.resume.click(resume.bind(self.resume_job), resume.components, [self.status, self.timer],
+                              api_name="train_resume")
+            self.stop.click(self.cancel, self.name, None, api_name="train_cancel", queue=False)
+            self.timer.tick(self.poll, self.name, outputs, api_name="train_status", queue=False)
+        trying = Form(lora=self.lora, prompt=self.try_prompt, scale=self.scale)
+        self.generate.click(trying.task(self.ctx.gpu, self.try_it, lambda v: denoising(25, 4, self.ctx.size,
+                                                                                        self.ctx.size)),
+                            trying.components, self.samples, api_name="train_try", concurrency_id=GPU)
 
     def describe_identifier(self, identifier: str) -> str:
         if not identifier.strip():
@@ -122,9 +140,9 @@ class TrainTab:
         return [gr.update(value=values[s]) if s != "resolution" else gr.update() for s in SETTINGS]
 
     @user_errors
-    def shapes_concept(self, name: str):
+    def shapes_concept(self, name: str, request: gr.Request):
         _, colour, noun = CONCEPTS[name]
-        folder = self.root / ".concepts" / name.replace(" ", "-")
+        folder = self.ctx.lora_root(request) / ".concepts" / name.replace(" ", "-")
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, image in enumerate(concept_images(name, side=self.ctx.size)):
@@ -132,62 +150,153 @@ class TrainTab:
             paths.append(str(folder / f"{i}.png"))
         return paths, f"a sks {noun}", "sks", f"a {noun}", f"sks-{name.replace(' ', '-')}", "shapes-concept"
 
+    def _free_slot(self, owner: str, name: str) -> None:
+        """Refuse a second run of one job, and more jobs at once than this studio allows a user."""
+        if (owner, name) in self.jobs and self.jobs[owner, name].running:
+            raise ValueError(f"{name!r} is training already.")
+        allowed = self.ctx.limits.training_jobs_per_user
+        running = sum(job.running for (who, _), job in self.jobs.items() if who == owner)
+        if allowed is not None and running >= allowed:
+            raise ValueError(f"You have {running} training job{'s' * (running != 1)} running; this studio allows "
+                             f"{allowed} at a time. Wait for it, or Cancel it.")
+
+    def _new_job(self, values: dict, request: gr.Request) -> tuple[str, TrainParams, list]:
+        """The name, settings and images of a new job, checked here so the message comes at once."""
+        name = check_name(values["name"] or "")
+        self._free_slot(self.ctx.owner(request), name)
+        params = self.ctx.params(TrainParams, values, identifier=(values["identifier"] or "").strip(),
+                                 validation_prompts=[p for p in (values["validation_prompts"] or "").splitlines()
+                                                     if p.strip()])
+        images = check_images([f if isinstance(f, str) else f.name for f in values["files"] or []],
+                              max_pixels=self.ctx.limits.max_pixels)
+        check_new_job(self.ctx.lora_root(request) / name)
+        return name, params, images
+
     @user_errors
     def start_job(self, values: dict, request: gr.Request, progress: gr.Progress):
-        name = check_name(values["name"] or "")
-        if name in self.jobs and self.jobs[name].running:
-            raise ValueError(f"{name!r} is training already.")
-        params = build(TrainParams, values, identifier=(values["identifier"] or "").strip(),
-                       validation_prompts=[p for p in (values["validation_prompts"] or "").splitlines() if p.strip()])
-        images = check_images([f if isinstance(f, str) else f.name for f in values["files"] or []])
-        check_new_job(self.root / name)  # here too, so the message comes now and not from the job's thread
-        self.jobs[name] = TrainJob(self.ctx.manager, self.ctx.model, self.root / name, params, images).start()
+        name, params, images = self._new_job(values, request)
+        self.jobs[self.ctx.owner(request), name] = TrainJob(self.ctx.manager, self.ctx.model,
+                                                            self.ctx.lora_root(request) / name, params, images).start()
         return f"**{name}** · starting", gr.Timer(active=True)
 
     @user_errors
-    def resume_job(self, name, steps):
-        name = check_name(name)
-        if name in self.jobs and self.jobs[name].running:
-            raise ValueError(f"{name!r} is training already.")
-        check_resumable(self.root / name)
-        self.jobs[name] = TrainJob(self.ctx.manager, self.ctx.model, self.root / name,
-                                   TrainParams(steps=int(steps)), resume=True).start()
+    def resume_job(self, values: dict, request: gr.Request, progress: gr.Progress):
+        name, owner = check_name(values["name"] or ""), self.ctx.owner(request)
+        self._free_slot(owner, name)
+        folder = self.ctx.lora_root(request) / name
+        check_resumable(folder)
+        self.ctx.limits.check_value("steps", values["steps"], "max_train_steps")
+        self.jobs[owner, name] = TrainJob(self.ctx.manager, self.ctx.model, folder, TrainParams(steps=values["steps"]),
+                                          resume=True).start()
         return f"**{name}** · resuming", gr.Timer(active=True)
 
-    def cancel(self, name: str):
-        if name.strip() in self.jobs:
-            self.jobs[name.strip()].cancel()
+    def cancel(self, name: str, request: gr.Request):
+        job = self.jobs.get((self.ctx.owner(request), (name or "").strip()))
+        if job:
+            job.cancel()
 
-    def poll(self, name: str):
-        name = name.strip()
-        job = self.jobs.get(name)
+    def poll(self, name: str, request: gr.Request):
+        name = (name or "").strip()
+        job = self.jobs.get((self.ctx.owner(request), name))
         if job is None:
-            return "", None, [], [], None, gr.update(choices=library(self.root)), gr.Timer(active=False)
-        state = job.state
+            return ("", None, [], [], None, gr.update(choices=self.ctx.lora_names(request)),
+                    gr.Timer(active=False))
+        return self._show(name, job.state, request, job.error, job.running)
+
+    def _show(self, name: str, state: TrainState, request: gr.Request, error: str = "",
+              running: bool = False) -> tuple:
+        """The status line, loss curve, validation images, drift pair, downloads and library of a job's state."""
         status = f"**{name}** · {state.phase} · step {state.step} of {state.total}"
         if state.losses:
             status += f" · loss {state.losses[-1][1]:.4f}"
-        if job.error:
-            status += f"\n\n⚠️ {job.error}"
+        if error:
+            status += f"\n\n⚠️ {error}"
         # Copies first: the training thread appends to these lists while we read them.
         losses, validation = list(state.losses), list(state.validation)
         # No empty frame: a plot's first data decide its axis types, and an empty frame's columns read as text.
         loss = pd.DataFrame(losses, columns=["step", "loss"]).astype(float) if losses else None
-        shown = [(str(path), caption) for _, caption, path in sorted(validation, key=lambda v: -v[0])]  # newest first
-        done = not job.running
+        served = self.ctx.served
+        shown = [(served(path), caption) for _, caption, path in sorted(validation, key=lambda v: -v[0])
+                 if path.exists()]  # newest first
         drift, downloads = [], None
-        if done and state.phase == "done":
-            drift = [(str(path), caption) for caption, path in state.drift if path.exists()]
-            downloads = [str(job.folder / WEIGHTS), str(job.folder / f"{name}_kohya.safetensors")]
-        lora = gr.update(choices=library(self.root), value=name if state.phase == "done" else None)
-        return status, loss, shown, drift, downloads, lora, gr.Timer(active=not done)
+        if not running and state.phase == "done":
+            folder = self.ctx.lora_root(request) / name
+            drift = [(served(path), caption) for caption, path in state.drift if path.exists()]
+            downloads = [served(folder / WEIGHTS), served(folder / f"{name}_kohya.safetensors")]
+        lora = gr.update(choices=self.ctx.lora_names(request), value=name if state.phase == "done" else None)
+        return status, loss, shown, drift, downloads, lora, gr.Timer(active=running)
+
+    # ZeroGPU: a job as a series of GPU calls
+    @user_errors
+    def start_shares(self, values: dict, request: gr.Request, progress: gr.Progress):
+        name, params, images = self._new_job(values, request)
+        save_job(self.ctx.lora_root(request) / name, self.ctx.model, asdict(params), images)
+        yield from self._shares(name, request)
 
     @user_errors
-    def try_it(self, name, prompt, scale, request: gr.Request, progress=gr.Progress()):
-        if not name or name not in library(self.root):
+    def resume_shares(self, values: dict, request: gr.Request, progress: gr.Progress):
+        name = check_name(values["name"] or "")
+        check_resumable(self.ctx.lora_root(request) / name)
+        self.ctx.limits.check_value("steps", values["steps"], "max_train_steps")
+        raise_steps(self.ctx.lora_root(request) / name, values["steps"])
+        yield from self._shares(name, request)
+
+    def _shares(self, name: str, request: gr.Request):
+        """Draw the prior's class images, then train, a share per GPU call; show the job after each call."""
+        folder, gpu = self.ctx.lora_root(request) / name, self.ctx.gpu
+        params = TrainParams(**load_job(folder)[1])
+        self.ctx.cancel.arm(session(request))
+        if params.prior_preservation:
+            cache = class_folder(self.ctx.manager, self.ctx.model, params.class_prompt, params.resolution,
+                                 folder.parent / ".class-images")
+            per_call = gpu.chunk_steps(denoising(25, 1, params.resolution, params.resolution))
+            while (have := len(list(cache.glob("*.png")))) < params.num_class_images:
+                phase = f"drawing the prior's class images, {have} of {params.num_class_images}"
+                yield self._show(name, TrainState(phase=phase, total=params.steps), request, running=True)
+                self.draw_prior(str(folder), min(have + per_call, params.num_class_images), request)
+        state = read_state(folder)
+        per_call = gpu.chunk_steps(*self._costs(params))
+        while state.phase != "done":
+            yield self._show(name, state, request, running=True)
+            state = self.train_share(str(folder), min(state.step + per_call, params.steps), request)
+        yield self._show(name, state, request)
+
+    def _prior_seconds(self, folder: str, n: int, request: gr.Request | None = None) -> float:
+        params = TrainParams(**load_job(Path(folder))[1])
+        have = len(list(class_folder(self.ctx.manager, self.ctx.model, params.class_prompt, params.resolution,
+                                     Path(folder).parent / ".class-images").glob("*.png")))
+        return (n - have) * denoising(25, 1, params.resolution, params.resolution)
+
+    @staticmethod
+    def _costs(params: TrainParams) -> tuple[float, float]:
+        """GPU seconds of one training step and of one validation, at the job's resolution."""
+        area = (params.resolution / 512) ** 2
+        return SECONDS_PER_TRAIN_STEP * area, denoising(VALIDATION_STEPS, VALIDATION_SEEDS * len(params.prompts()),
+                                                        params.resolution, params.resolution)
+
+    def _share_seconds(self, folder: str, until: int, request: gr.Request | None = None) -> float:
+        params, state = TrainParams(**load_job(Path(folder))[1]), read_state(Path(folder))
+        step, validation = self._costs(params)
+        return (until - state.step) * step + validation
+
+    @user_errors
+    def _draw_prior(self, folder: str, n: int, request: gr.Request) -> None:
+        params = TrainParams(**load_job(Path(folder))[1])
+        class_images(self.ctx.manager, self.ctx.model, params.class_prompt, n, params.resolution,
+                     Path(folder).parent / ".class-images", self.ctx.cancel.flag(session(request)).is_set)
+
+    @user_errors
+    def _train_share(self, folder: str, until: int, request: gr.Request) -> TrainState:
+        return train_until(self.ctx.manager, Path(folder), until,
+                           should_stop=self.ctx.cancel.flag(session(request)).is_set)
+
+    @user_errors
+    def try_it(self, values: dict, request: gr.Request, progress: gr.Progress):
+        name, scale = values["lora"], values["scale"]
+        if not name or name not in self.ctx.lora_names(request):
             raise ValueError("Pick a finished LoRA from the library (or train one).")
         result = self.ctx.run_job(request, progress, run_generate,
-                                  GenerateParams(prompt or "", seed=0, width=self.ctx.size, height=self.ctx.size,
-                                                 n_images=4),
-                                  loras=[(self.root / name, float(scale))])
+                                  GenerateParams(values["prompt"] or "", seed=0, width=self.ctx.size,
+                                                 height=self.ctx.size, n_images=4),
+                                  loras=[(self.ctx.lora_path(request, name), float(scale))])
         return [(image, f"seed {i} · scale {scale:g}") for i, image in enumerate(result.images)]

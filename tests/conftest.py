@@ -28,6 +28,23 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+@pytest.fixture(autouse=True)
+def hub_mode():
+    """`ModelManager(offline=True)` switches the whole process offline, as `--offline` should; put it back after each
+    test so the next one sees the mode it sets up itself."""
+    import huggingface_hub.constants
+
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    saved, constant = {n: os.environ.get(n) for n in names}, huggingface_hub.constants.HF_HUB_OFFLINE
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    huggingface_hub.constants.HF_HUB_OFFLINE = constant
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built-in models are built here once per test session (the tiny family takes a few seconds)."""
@@ -54,12 +71,11 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def app_url(manager: ModelManager, tmp_path_factory: pytest.TempPathFactory):
     """The real app on 127.0.0.1, as `python app.py` builds it, with the tiny model."""
-    from app import build_app
+    from app import build_app, queued
 
     outputs = tmp_path_factory.mktemp("outputs")
     demo = build_app(manager, "tiny", outputs)
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        allowed_paths=[str(outputs)])
+    queued(demo).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

@@ -88,3 +88,16 @@ def test_train_benchmark_interleaves_the_studio_job_and_the_plain_loop(tmp_path,
     assert all(row["ms_per_step"] > 0 for row in table) and table[0]["job_seconds"] > 0
     assert len(table[0]["seconds_all"]) == len(table[1]["seconds_all"]) == 3  # 4 pairs, 1 warm-up
     assert "| studio |" in capsys.readouterr().out
+
+
+def test_edit_benchmark_counts_and_times_every_method_against_a_plain_image(tmp_path):
+    from bench.edit import main as edit_bench
+
+    table = edit_bench(["--model", "tiny", "--device", "cpu", "--steps", "5", "--imagic-steps", "2", "--rounds", "1",
+                        "--workdir", str(tmp_path)])
+    rows = {row["path"]: row for row in table}
+    assert list(rows)[0] == "plain image" and rows["plain image"]["ratio"] == 1
+    evaluations = {name: int(row["UNet evaluations"]) for name, row in rows.items()}
+    assert evaluations["plain image"] == 10 and evaluations["DDIM inversion + check"] == 10  # 5 guided steps; 5 + 5
+    assert evaluations["Imagic A+B+C"] == 2 + 2 + 10 and evaluations["Imagic C only (new η)"] == 10
+    assert evaluations["DDIB (inversion cached)"] == 5  # unguided, the paper's bridge

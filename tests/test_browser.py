@@ -175,3 +175,22 @@ def test_pick_a_shapes_concept_train_a_few_steps_and_see_the_loss(page, app_url)
     page.get_by_text("browser-job · done · step 4 of 4").wait_for(timeout=120_000)
     page.get_by_text("pytorch_lora_weights").first.wait_for(timeout=10_000)  # the downloads appear
     shot(page, "train")
+
+
+def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
+    page.goto(app_url)
+    page.locator("#gen-prompt textarea").fill("a red circle on the left")
+    page.locator("#gen-run").click()
+    page.locator("#gen-gallery img").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Send to Edit a real image ➜").click()
+    caption = page.locator("#edit-caption textarea")
+    playwright.expect(caption).to_have_value("a red circle on the left", timeout=10_000)
+    assert page.get_by_role("tab", name="Edit a real image").get_attribute("aria-selected") == "true"
+    page.locator("#edit-target textarea").fill("a blue circle on the left")
+    page.locator("#edit-method").get_by_label("DDIB (Su et al. 2023)", exact=False).check()
+    page.locator("#edit-run").click()
+    page.locator("#edit-info").get_by_text("DDIM inversion computed").wait_for(timeout=60_000)
+    assert page.locator("#edit-result img").count() == 2, "before and after, on the slider"
+    page.locator("#edit-run").click()  # the same image, caption and steps: the inversion is reused
+    page.locator("#edit-info").get_by_text("DDIM inversion reused").wait_for(timeout=60_000)
+    shot(page, "edit")

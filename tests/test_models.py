@@ -1,6 +1,7 @@
 """ModelManager: naming, caching, sharing through from_pipe, eviction, thread safety and offline failures."""
 
 import gc
+import os
 import threading
 import time
 import weakref
@@ -239,3 +240,47 @@ def test_epsilon_and_v_outputs_stand_for_the_same_latent_and_noise(zero_snr):
             assert torch.allclose(got_x0, x0, atol=1e-3 / a.sqrt()) and torch.equal(got_eps, eps)
     with pytest.raises(ValueError, match="sample"):
         split_prediction(eps, x0, scheduler.alphas_cumprod[0], "sample")
+
+
+def test_an_original_layout_single_file_loads_offline_with_local_configs(model_cache, tiny_root, tmp_path):
+    """An A1111/civitai-style checkpoint (CompVis key layout, weights only) loads with no Hub: the configs come from
+    a local folder (SD 1.x's shipped ones by default; the tiny model's here) and the weights land where they were."""
+    from safetensors.torch import save_file
+
+    from tests.ldm_layout import ldm_checkpoint
+
+    original = StableDiffusionPipeline.from_pretrained(tiny_root / "sd")
+    save_file(ldm_checkpoint(original), tmp_path / "tiny-a1111.safetensors")
+    offline = ModelManager("cpu", cache_dir=model_cache, offline=True, single_file_config=tiny_root / "sd")
+    started = time.perf_counter()
+    pipe = offline.base(str(tmp_path / "tiny-a1111.safetensors"))
+    assert time.perf_counter() - started < 30
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(original, name).state_dict(), getattr(pipe, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+def test_shipped_single_file_configs_are_stable_diffusion_15():
+    """The configs an offline single file is read with build SD1.5's exact networks (its published parameter
+    counts: UNet 859,520,964; VAE 83,653,863; CLIP ViT-L/14 text encoder 123,060,480)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from studio.models import SD15_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_CONFIG / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD15_CONFIG / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(SD15_CONFIG / "text_encoder"))
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]
+    assert vae.config.scaling_factor == 0.18215 and unet.config.cross_attention_dim == 768
+
+
+def test_offline_mode_reaches_every_library(model_cache):
+    import huggingface_hub.constants
+    from transformers.utils.hub import is_offline_mode  # what transformers asks before any download
+
+    ModelManager("cpu", cache_dir=model_cache, offline=True)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE and is_offline_mode()
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
