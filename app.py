@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preload", default=env("STUDIO_PRELOAD", ""), metavar="NAMES",
                    help="comma-separated ControlNets/T2I-Adapters to load at start-up with the model (always done "
                         "on ZeroGPU, where work cannot load models; $STUDIO_PRELOAD)")
+    p.add_argument("--vae-tiling", choices=["auto", "on", "off"], default=env("STUDIO_VAE_TILING", "auto"),
+                   help="decode large images by tiles: auto (above about 1,500 px for SD), on or off "
+                        "($STUDIO_VAE_TILING)")
     p.add_argument("--gpu-seconds", type=int, default=int(env("STUDIO_GPU_SECONDS", "120")), metavar="S",
                    help="ZeroGPU: the longest GPU call the Space allows ($STUDIO_GPU_SECONDS)")
     # Many people on one studio
@@ -203,7 +206,8 @@ def start_manager(args: argparse.Namespace, gpu: GpuPolicy, where: Deployment | 
     forked from this process, so what a job loads there is gone after it. ZeroGPU does not support torch.compile."""
     manager = ModelManager(args.device, memory_budget_gb=args.memory_budget, offline=args.offline,
                            allow_pickle=args.allow_pickle, compile=args.compile and not gpu.zero,
-                           annotators_dir=args.annotators, screen=bool(where and where.safety_checker))
+                           annotators_dir=args.annotators, screen=bool(where and where.safety_checker),
+                           vae_tiling=args.vae_tiling)
     preload = [name.strip() for name in args.preload.split(",") if name.strip()]
     if gpu.zero or preload:
         manager.base(args.model)

@@ -333,8 +333,8 @@ def classify_batch(pipe: StableDiffusionPipeline, source: Path, params: Classify
             if name not in done:
                 try:
                     image = load_image(read(), name=name, max_pixels=max_pixels)
-                except (ValueError, zipfile.BadZipFile, OSError) as error:  # a damaged member or file
-                    skipped.append(f"{name} ({error})" if not isinstance(error, ValueError) else str(error))
+                except (ValueError, zipfile.BadZipFile, OSError):  # not an image, or a damaged zip member
+                    skipped.append(name)
                     continue
                 result = classify(pipe, image, classes, params, should_stop=should_stop)
                 done[name] = {"file": name, "truth": truth, "predicted": result.label, "unet_calls": result.unet_calls}

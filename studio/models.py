@@ -174,20 +174,23 @@ class ModelManager:
             and on CUDA a model larger than the whole budget runs with CPU offload.
         offline: never contact the Hub (also implied by HF_HUB_OFFLINE=1); sets offline mode for every library.
         allow_pickle: also load .ckpt/.bin weights, which can run code when unpickled. Off by default.
-        compile: torch.compile the UNet of each base model (slow first call, faster after).
+        compile: compile the UNet of each base model by regions (its repeated transformer blocks, with dynamic
+            shapes), in place: one set of graphs serves every tab's batch and size, and LoRAs and attention
+            processors still apply to the same modules. False, True (inductor) or a torch.compile backend name.
         cache_dir: where built-in models are built or found.
         annotators_dir: a folder holding preprocessor weights (files of lllyasviel/Annotators), used instead of the
             Hub: classrooms copy it once.
         single_file_config: the diffusers-layout configs (no weights) a single .safetensors checkpoint is read with
             when the Hub is not used; SD 1.x's by default.
         screen: pass every image the lent pipelines decode through the model's safety checker (a public studio).
+        vae_tiling: "auto" (large images are decoded by tiles), "on" or "off".
     """
 
     def __init__(self, device: str | None = None, *, dtype: torch.dtype | None = None,
                  memory_budget_gb: float | None = None, offline: bool = False, allow_pickle: bool = False,
-                 compile: bool = False, cache_dir: Path | None = None, catalog: Catalog | None = None,
+                 compile: bool | str = False, cache_dir: Path | None = None, catalog: Catalog | None = None,
                  annotators_dir: Path | None = None, single_file_config: Path = SD15_CONFIG,
-                 screen: bool = False):
+                 screen: bool = False, vae_tiling: str = "auto"):
         self.device = pick_device(device)
         self.dtype = dtype or dtype_for(self.device)
         self.budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
@@ -196,6 +199,9 @@ class ModelManager:
             go_offline()
         self.single_file_config = single_file_config
         self.screen = screen
+        if vae_tiling not in ("auto", "on", "off"):
+            raise ValueError(f"vae_tiling is auto, on or off, not {vae_tiling!r}")
+        self.vae_tiling = vae_tiling
         self.allow_pickle = allow_pickle
         self.compile = compile
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "diffusion-studio")
@@ -207,6 +213,7 @@ class ModelManager:
         self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
         self._loading: dict[tuple, Future] = {}
         self.load_count = 0  # models actually read from disk; tests use it to prove single loading
+        self._claim: Callable[[], None] | None = None  # undoes a job's lasting change to the shared modules
         modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
         if _quiet_empty_fp32_warning not in modeling_logger.filters:
             modeling_logger.addFilter(_quiet_empty_fp32_warning)
@@ -390,8 +397,18 @@ class ModelManager:
         def load() -> StableDiffusionPipeline:
             pipe = self._from_pretrained(StableDiffusionPipeline, source, on_progress)
             pipe.set_progress_bar_config(desc="Denoising")
+            for module in pipe.components.values():  # shared weights are read, never trained (a trainer's adapter
+                if isinstance(module, torch.nn.Module):  # asks for its own gradients); peft freezes them anyway
+                    module.requires_grad_(False)
             if self.compile:
-                pipe.unet = torch.compile(pipe.unet)
+                # Regional and in place (diffusers' compile_repeated_blocks): a whole-model torch.compile wrapped the
+                # UNet, so a LoRA loaded later missed its adapters, and each new batch or size recompiled it all.
+                backend = "inductor" if self.compile is True else self.compile
+                # One transformer-block class runs at each block width, for self- and cross-attention, with the
+                # default processor and Prompt-to-Prompt's, with and without LoRA layers: a few dozen variants,
+                # more than torch's default of 8 before it gives up and runs the rest eagerly.
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+                pipe.unet.compile_repeated_blocks(dynamic=True, backend=backend)
             return pipe
 
         return self._cached(self._key(source, "pipeline"), load, hold=hold)
@@ -486,10 +503,12 @@ class ModelManager:
         while it is lent. `loras`: (library folder or .safetensors file, scale) pairs applied for this job only."""
         source = self.resolve(spec)
         with self.gpu_lock:
+            self.unclaim()
             base = self._base(source, on_progress, hold=True)
             try:
                 pipe = self._derive(base, cls, components)
                 pipe.screen, pipe.withheld = self.screen, 0  # the safety checker's marks, this job's own
+                pipe.vae_tiling = self.vae_tiling
                 with applied(pipe, loras or []):
                     yield pipe
             finally:
@@ -520,6 +539,18 @@ class ModelManager:
             return _folder_tokenizer(str(Path(source.location) / "tokenizer"))
         # A Hub model not downloaded yet, or a single file: every SD 1.x model reads CLIP ViT-L/14's BPE, vendored.
         return load_tokenizer()
+
+    def claim(self, undo: Callable[[], None]) -> None:
+        """A job that keeps the shared modules changed between its turns (a trainer's adapter, left enabled from
+        step to step) leaves `undo` here, holding `gpu_lock`; whoever lends the model next runs it first, so every
+        lend still starts from the base model, and the trainer need not switch ~200 layers off and on each step."""
+        self._claim = undo
+
+    def unclaim(self) -> None:
+        """Run the pending `undo`, if any (the caller holds `gpu_lock`)."""
+        undo, self._claim = self._claim, None
+        if undo:
+            undo()
 
     def source_note(self, spec: str) -> str:
         """The catalog's warning for a model (e.g. that the tiny model draws noise), or ""."""

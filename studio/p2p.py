@@ -174,29 +174,42 @@ def window(start: float, end: float, steps: int) -> torch.Tensor:
 
 class AttentionMaps:
     """Cross-attention per (step, side): a (2, h, w, T) tensor (source, edit), averaged over heads and layers, for
-    the first T tokens (the prompts' real tokens). Kept on the CPU in fp16: a few MB for SD at 512."""
+    the first T tokens (the prompts' real tokens). Summed on the device while the edit runs (no transfer inside the
+    loop), then brought to the CPU in one copy by `finish`, in fp16: a few MB for SD at 512."""
 
     def __init__(self, n_tokens: int):
         self.n_tokens = n_tokens
         self._sum: dict[tuple[int, int], torch.Tensor] = {}
         self._count: dict[tuple[int, int], int] = {}
+        self._mean: dict[tuple[int, int], torch.Tensor] = {}
 
     def add(self, step: int, side: int, maps: torch.Tensor) -> None:
         key = (step, side)
-        value = maps.detach().float().cpu()
+        value = maps.detach().float()
         self._sum[key] = self._sum[key] + value if key in self._sum else value
         self._count[key] = self._count.get(key, 0) + 1
 
+    def finish(self) -> None:
+        """Every map's mean, as one fp16 transfer to the CPU."""
+        keys = list(self._sum)
+        if not keys:
+            return
+        means = [(self._sum[k] / self._count[k]).half() for k in keys]
+        host = torch.cat([m.flatten() for m in means]).cpu()
+        for key, part, mean in zip(keys, host.split([m.numel() for m in means]), means):
+            self._mean[key] = part.view(mean.shape)
+        self._sum.clear()
+
     def get(self, step: int, side: int) -> torch.Tensor:
-        return (self._sum[step, side] / self._count[step, side]).half()
+        return self._mean[step, side]
 
     @property
     def steps(self) -> list[int]:
-        return sorted({s for s, _ in self._sum})
+        return sorted({s for s, _ in self._count})
 
     @property
     def sides(self) -> list[int]:
-        return sorted({side for _, side in self._sum})
+        return sorted({side for _, side in self._count})
 
     def token_map(self, prompt: int, token: int, steps: list[int] | None = None,
                   sides: list[int] | None = None) -> np.ndarray:
@@ -249,6 +262,7 @@ class Controller:
                                  "words.")
             self.blend[0, found_s] = 1
             self.blend[1, found_t] = 1
+        self.blending = bool(params.blend_words)  # known now, so no attention call asks the tensor
         self.blend_from = int(BLEND_START * steps)
         self.blend_threshold = params.blend_threshold
         self.blend_sides = {max(1, latent_hw[0] // level) for level in params.blend_levels or [coarsest_level]}
@@ -257,6 +271,15 @@ class Controller:
         self._blend_sum: torch.Tensor | None = None
         self._blend_count = 0
         self.blend_mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "Controller":
+        """The edit's matrices on the device, once: the attention calls then copy nothing to or from the host."""
+        float_of = {"equalizer": dtype, "cross_alpha": dtype, "blend": dtype, "alphas": dtype,
+                    "mapper": dtype if self.edit == "replace" else torch.long}
+        for name, kind in float_of.items():
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name).to(device, kind))
+        return self
 
     def side(self, n: int) -> tuple[int, int]:
         """The (h, w) of an attention call with n query tokens, for any latent aspect ratio."""
@@ -273,14 +296,13 @@ class Controller:
         s, e = self.rows()
         source, edit = probs[s], probs[e]
         if self.edit == "replace":
-            mapped = torch.einsum("hni,ij->hnj", source, self.mapper.to(source))
+            mapped = torch.einsum("hni,ij->hnj", source, self.mapper)
         elif self.edit == "refine":
-            alphas = self.alphas.to(source)
-            mapped = source[..., self.mapper.to(source.device)] * alphas + edit * (1 - alphas)
+            mapped = source[..., self.mapper] * self.alphas + edit * (1 - self.alphas)
         else:
             mapped = source
-        mapped = mapped * self.equalizer.to(source)
-        alpha = self.cross_alpha[self.step].to(source)
+        mapped = mapped * self.equalizer
+        alpha = self.cross_alpha[self.step]
         probs = probs.clone()
         probs[e] = mapped * alpha + edit * (1 - alpha)
         self._record(probs[[s, e]])
@@ -290,9 +312,9 @@ class Controller:
         h, w = self.side(cond.shape[2])
         maps = cond.mean(1).reshape(2, h, w, N_TOKENS)
         self.maps.add(self.step, h, maps[..., : self.maps.n_tokens])
-        if self.blend.any() and h in self.blend_sides:
+        if self.blending and h in self.blend_sides:
             # (2, h, w) sum of the blend words' maps, brought to the latent size and averaged over layers
-            words = (maps * self.blend.to(maps)[:, None, None]).sum(-1)
+            words = (maps * self.blend[:, None, None]).sum(-1)
             words = F.interpolate(words[:, None].float(), size=self.latent_hw, mode="bilinear")
             # Widen the region a little, as the paper's 3x3 max-pool of 16x16 maps does at 512: 1/16 of the side.
             k = max(1, max(self.latent_hw) // 16)
@@ -324,7 +346,9 @@ class Controller:
 
 
 class P2PAttnProcessor:
-    """A diffusers attention processor that lets the controller rewrite the edit's attention."""
+    """A diffusers attention processor that lets the controller rewrite the edit's attention. Under a compiled UNet
+    it runs eagerly (`torch.compiler.disable`): the controller's step counter and maps are Python state that would
+    make the compiler specialise, and recompile, at every step."""
 
     def __init__(self, controller: Controller):
         self.controller = controller
@@ -333,6 +357,7 @@ class P2PAttnProcessor:
         """The fast kernel: self-attention injection swaps Q and K, so its probabilities are never materialised."""
         return F.scaled_dot_product_attention(query, key, value)
 
+    @torch.compiler.disable
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **_) -> torch.Tensor:
         residual = hidden_states
@@ -425,7 +450,8 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
         noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
         latents = (noise * scheduler.init_noise_sigma).to(device, dtype).repeat(2, 1, 1, 1)  # one start for both
 
-    controller = Controller(params, pipe.tokenizer, (height // f, width // f), use_cfg, coarsest_level(pipe.unet))
+    controller = Controller(params, pipe.tokenizer, (height // f, width // f), use_cfg,
+                            coarsest_level(pipe.unet)).to(device, dtype)
     saved = pipe.unet.attn_processors
     try:
         pipe.unet.set_attn_processor(P2PAttnProcessor(controller))
@@ -443,6 +469,7 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
                 on_step(i + 1, params.steps)
     finally:
         pipe.unet.set_attn_processor(saved)
+    controller.maps.finish()
     source, edited = to_images(decode_latents(pipe, latents))
     mask = None
     if params.blend_words and controller.blend_mask is None:

@@ -116,25 +116,70 @@ def encode_image(pipe: DiffusionPipeline, image: Image.Image) -> torch.Tensor:
         return pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mean.to(dtype) * pipe.vae.config.scaling_factor
 
 
+TILE_ABOVE = 2  # "auto" tiling: latents more than this many of the VAE's own tiles a side are decoded by tiles
+
+
+def _decode(vae: Any, latents: torch.Tensor, tiled: bool) -> torch.Tensor:
+    """One image's decode, whole or by overlapping tiles (diffusers' `tiled_decode`, blended at the seams)."""
+    z = latents.to(vae.dtype) / vae.config.scaling_factor
+    return (vae.tiled_decode(z) if tiled else vae.decode(z)).sample
+
+
 def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
     """VAE-decode latents to images in [0, 1], NCHW float32; on a pipeline marked `screen` (a public or classroom
     studio), through the model's safety checker (studio/safety.py).
 
-    SD VAEs can overflow in fp16 (NaN, black images). If that happens, this batch is decoded again in fp32 and the
-    shared VAE is put back to its dtype afterwards.
+    A batch is decoded one image at a time (slicing: the decoder's activations of eight 2048² images would not fit),
+    and a large image by tiles when the pipeline's `vae_tiling` is "on", or "auto" (the default) and the latent is
+    more than TILE_ABOVE of the VAE's tiles a side. SD VAEs can overflow in fp16 (NaN, black images); if that
+    happens, that image is decoded again in fp32 and the shared VAE is put back to its dtype afterwards.
     """
     vae = pipe.vae
+    mode = getattr(pipe, "vae_tiling", "auto")
+    tile = getattr(vae, "tile_latent_min_size", None) or max(latents.shape[-2:])
+    tiled = mode == "on" or (mode == "auto" and max(latents.shape[-2:]) > TILE_ABOVE * tile)
+    images = []
     with torch.no_grad():
-        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        if not torch.isfinite(image).all() and vae.dtype != torch.float32:
-            dtype = vae.dtype
-            try:
-                vae.to(torch.float32)
-                image = vae.decode(latents.float() / vae.config.scaling_factor).sample
-            finally:
-                vae.to(dtype)
-    pixels = (image.float() / 2 + 0.5).clamp(0, 1)
+        for one in latents.split(1):
+            image = _decode(vae, one, tiled)
+            if not torch.isfinite(image).all() and vae.dtype != torch.float32:
+                dtype = vae.dtype
+                try:
+                    vae.to(torch.float32)
+                    image = _decode(vae, one.float(), tiled)
+                finally:
+                    vae.to(dtype)
+            images.append(image.float())
+    pixels = (torch.cat(images) / 2 + 0.5).clamp(0, 1)
     return screened(pipe, pixels) if getattr(pipe, "screen", False) else pixels
+
+
+class Preview:
+    """A cheap look at a latent mid-denoise: a linear map from latent channels to RGB, fitted by least squares on one
+    (latent, image) pair the technique already has (SDEdit: its guide and the guide's latent), then one matrix
+    product per preview instead of a VAE decode. For a VAE small enough to cost nothing (the Shapes model's), the
+    real decode."""
+
+    CHEAP_VAE = 5_000_000  # parameters below which a real decode is as cheap as a preview
+
+    def __init__(self, pipe: DiffusionPipeline, latents: torch.Tensor, image: Image.Image,
+                 exact: bool | None = None):
+        self.pipe = pipe
+        self.exact = sum(p.numel() for p in pipe.vae.parameters()) < self.CHEAP_VAE if exact is None else exact
+        if not self.exact:
+            c, h, w = latents.shape[1:]
+            x = torch.cat([latents[0].float().reshape(c, -1).T.cpu(), torch.ones(h * w, 1)], 1)
+            y = torch.from_numpy(np.asarray(image.convert("RGB").resize((w, h), Image.BOX), np.float32) / 255)
+            self.map = torch.linalg.lstsq(x, y.reshape(-1, 3)).solution.to(latents.device)
+            self.size = image.size
+
+    def __call__(self, latents: torch.Tensor) -> Image.Image:
+        if self.exact:
+            return to_images(decode_latents(self.pipe, latents))[0]
+        c, h, w = latents.shape[1:]
+        x = torch.cat([latents[0].float().reshape(c, -1).T, torch.ones(h * w, 1, device=latents.device)], 1)
+        rgb = (x @ self.map).clamp(0, 1).reshape(h, w, 3).cpu().numpy()
+        return Image.fromarray((rgb * 255).round().astype(np.uint8)).resize(self.size, Image.BILINEAR)
 
 
 def to_images(pixels: torch.Tensor) -> list[Image.Image]:

@@ -21,8 +21,8 @@ from PIL import Image
 from studio.images import flatten_alpha
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.params import Params, ranged
-from studio.sampling import (decode_latents, encode_image, guided, make_scheduler, pick_seed, seed_field, snap_size,
-                             text_context, to_images)
+from studio.sampling import (Preview, decode_latents, encode_image, guided, make_scheduler, pick_seed, seed_field,
+                             snap_size, text_context)
 
 MAX_SIDE = 1024  # larger guides are scaled down (with a note): memory grows with the square of the side
 N_PREVIEWS = 4  # predicted-x0 views kept along the way
@@ -128,6 +128,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
 
     # 4. Encode the guide once; latent-space mask (any editable pixel makes its latent cell editable)
     z_guide = encode_image(pipe, guide)
+    preview = Preview(pipe, z_guide, guide)  # the x(t0) and x0 views cost a matrix product, not a decode
     factor = pipe.vae_scale_factor
     m = None
     if weight is not None:
@@ -142,7 +143,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
         noise = torch.randn(z.shape, generator=generator).to(device, dtype)
         x = scheduler.add_noise(z, noise, t_start)
         if k == 0:
-            noised = to_images(decode_latents(pipe, x))[0]
+            noised = preview(x)
         keep_every = max(1, n_run // N_PREVIEWS)
         previews = []
         for i, t in enumerate(timesteps):
@@ -161,7 +162,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
                 known = scheduler.add_noise(z_guide, noise, t_next) if len(t_next) else z_guide
                 x = m * x + (1 - m) * known
             if i % keep_every == keep_every - 1 or i == n_run - 1:
-                previews.append((i + 1, to_images(decode_latents(pipe, out.pred_original_sample))[0]))
+                previews.append((i + 1, preview(out.pred_original_sample)))
             done += 1
             if on_step:
                 on_step(done, total)

@@ -176,6 +176,7 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
     name = "train-" + folder.name.replace(".", "_")  # torch module names cannot hold dots
     models = [unet, text_encoder] if params.train_text_encoder else [unet]
     grad_flags = [(p, p.requires_grad) for m in models for p in m.parameters()]
+    log = None
     try:
         with manager.gpu_lock, torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)  # peft draws A's initial values from the global generator
@@ -199,35 +200,35 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         if start == 0:
             _validate(manager, spec, folder, params, layers, name, 0, state)
 
-        # 4. The loop: one step at a time under the lock, the adapter enabled only inside it
+        # 4. The loop: one step at a time under the lock. The adapter is switched on at the first step and stays on
+        # while nobody else lends the model; a lend in between switches it off first (ModelManager.claim).
         state.phase = "training"
+        switch = AdapterSwitch(manager, layers, name)
+        log = (folder / "log.jsonl").open("a")
         for step in range(start, params.steps):
             if should_stop and should_stop():
                 _save_checkpoint(folder, models, name, optimizer, schedule, scaler, generator, step)
                 raise Cancelled(f"Training cancelled at step {step}; Resume continues from there")
             with manager.gpu_lock:
-                activate(layers, [name])
-                try:
-                    with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                        loss = _loss(unet, text_encoder, noise_scheduler, latents, prior, embeddings, ids, params,
-                                     generator)
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(
-                            f"The loss became {value} at step {step + 1}, so training stopped. Lower the learning "
-                            f"rate (it is {params.lr:g}) or turn on min-SNR weighting; Resume continues from the "
-                            f"last checkpoint.")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    schedule.step()
-                finally:
-                    deactivate(layers)
+                switch.on()
+                with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                    loss = _loss(unet, text_encoder, noise_scheduler, latents, prior, embeddings, ids, params,
+                                 generator)
+                value = loss.item()  # the one host sync a step keeps: the guard below needs it before the update
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"The loss became {value} at step {step + 1}, so training stopped. Lower the learning "
+                        f"rate (it is {params.lr:g}) or turn on min-SNR weighting; Resume continues from the "
+                        f"last checkpoint.")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
             state.step = step + 1
             state.losses.append((step + 1, value))
-            with (folder / "log.jsonl").open("a") as log:
-                log.write(json.dumps({"step": step + 1, "loss": value, "lr": schedule.get_last_lr()[0]}) + "\n")
+            log.write(json.dumps({"step": step + 1, "loss": value, "lr": schedule.get_last_lr()[0]}) + "\n")
+            log.flush()
             if params.checkpoint_every and (step + 1) % params.checkpoint_every == 0:
                 _save_checkpoint(folder, models, name, optimizer, schedule, scaler, generator, step + 1)
             if params.validate_every and (step + 1) % params.validate_every == 0 and step + 1 < params.steps:
@@ -250,11 +251,33 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         state.phase = "done"
         return folder
     finally:
+        if log:
+            log.close()
         with manager.gpu_lock:
+            manager.unclaim()
             for model in models:
                 remove_adapter(model, name)
             for p, flag in grad_flags:
                 p.requires_grad_(flag)
+
+
+class AdapterSwitch:
+    """The job's adapter on the shared model, switched on for its steps and left on between them; the next lend of
+    the model by anyone else switches it off first (ModelManager.claim), so other jobs still see the base model."""
+
+    def __init__(self, manager: ModelManager, layers: list, name: str):
+        self.manager, self.layers, self.name, self.enabled = manager, layers, name, False
+
+    def on(self) -> None:
+        """Call holding `gpu_lock`."""
+        if not self.enabled:
+            activate(self.layers, [self.name])
+            self.enabled = True
+            self.manager.claim(self.off)
+
+    def off(self) -> None:
+        deactivate(self.layers)
+        self.enabled = False
 
 
 def _loss(unet: Any, text_encoder: Any, scheduler: DDPMScheduler, latents: torch.Tensor,

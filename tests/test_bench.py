@@ -5,6 +5,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from bench.common import Timing, interleave, report
@@ -101,3 +102,15 @@ def test_edit_benchmark_counts_and_times_every_method_against_a_plain_image(tmp_
     assert evaluations["plain image"] == 10 and evaluations["DDIM inversion + check"] == 10  # 5 guided steps; 5 + 5
     assert evaluations["Imagic A+B+C"] == 2 + 2 + 10 and evaluations["Imagic C only (new η)"] == 10
     assert evaluations["DDIB (inversion cached)"] == 5  # unguided, the paper's bridge
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_every_part_and_writes_one_table(tmp_path, capsys):
+    from bench.gpu import GOALS
+    from bench.gpu import main as gpu_bench
+
+    out = gpu_bench(["--device", "cpu", "--quick", "--model", "tiny", "--workdir", str(tmp_path), "--json",
+                     str(tmp_path / "gpu.json")])
+    assert set(out["parts"]) == {"generate", "p2p", "control", "classify", "edit", "train"}
+    assert set(out["figures"]) == set(GOALS) and (tmp_path / "gpu.json").is_file()
+    assert "| P2P edit ÷ plain image |" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -284,3 +285,38 @@ def test_offline_mode_reaches_every_library(model_cache):
     ModelManager("cpu", cache_dir=model_cache, offline=True)
     assert huggingface_hub.constants.HF_HUB_OFFLINE and is_offline_mode()
     assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_batches_decode_one_image_at_a_time_to_the_same_pixels(manager):
+    """Slicing changes memory, not pixels: a batch decoded image by image equals each image decoded alone."""
+    with manager.lend("tiny") as pipe:
+        latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        batch = decode_latents(pipe, latents)
+        alone = torch.cat([decode_latents(pipe, z[None]) for z in latents])
+    assert torch.equal(batch, alone)
+
+
+def test_large_images_decode_by_tiles_close_to_whole(manager):
+    """Tiling ("on", or "auto" above TILE_ABOVE tiles a side) blends overlapping tiles: close to the whole decode."""
+    with manager.lend("tiny") as pipe:
+        latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(1))  # 512x512 from the tiny VAE
+        pipe.vae_tiling = "off"
+        whole = decode_latents(pipe, latents)
+        pipe.vae_tiling = "on"
+        tiled = decode_latents(pipe, latents)
+    assert tiled.shape == whole.shape and 0 < (tiled - whole).abs().mean() < 0.1  # a random VAE: seams show
+
+
+def test_previews_are_cheap_and_look_like_the_image(manager):
+    """SDEdit's x0 views: a linear latent→RGB map fitted on the guide, one matrix product per view, shows another
+    picture's colours where they are (on the Shapes VAE; a VAE that small gets the real decode by default)."""
+
+    from studio.sampling import Preview, encode_image
+    from studio.shapes.world import sample_scene
+
+    guide, other = sample_scene(3).image, sample_scene(8).image
+    with manager.lend("shapes") as pipe:
+        assert Preview(pipe, encode_image(pipe, guide), guide).exact, "a VAE this small: the real decode"
+        shown = np.asarray(Preview(pipe, encode_image(pipe, guide), guide, exact=False)(encode_image(pipe, other)),
+                           float)
+    assert np.abs(shown - np.asarray(other, float)).mean() < 25

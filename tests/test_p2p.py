@@ -123,3 +123,31 @@ def test_an_inverted_image_is_the_source_row_and_settings_must_match(manager):
             invert(pipe, image, "a red circle", steps=5, should_stop=lambda: True)
         with pytest.raises(ValueError, match="source prompt"):
             invert(pipe, image, " ")
+
+
+def test_the_edit_loop_makes_no_host_transfer_of_its_own(manager, monkeypatch):
+    """No `.cpu()`, `.item()`, `.tolist()` or truth test of a tensor in the controller's attention calls or after
+    each step (each would wait for the GPU); the maps come to the host in one copy after the loop."""
+    import sys
+
+    from studio import p2p
+
+    calls = []
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename == p2p.__file__:
+                calls.append((name, sys._getframe(1).f_code.co_name))
+            return real(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("cpu", "item", "tolist", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    with manager.lend("tiny") as pipe:
+        run_p2p(pipe, P2PParams(**{**FAST, "blend_words": ["circle"], "weights": {"blue": 2.0}}))
+    inside = [call for call in calls if call[1] in ("cross", "_record", "self_rows", "end_step", "add", "__call__")]
+    assert inside == [], inside
+    assert [c for c in calls if c[1] == "finish"] == [("cpu", "finish")], "one copy of every map, after the loop"

@@ -234,3 +234,16 @@ def test_identifier_report(manager):
     assert identifier_report(tokenizer, "sks") == (["sks</w> (#48,136)"], [])
     assert "splits into 2 tokens" in identifier_report(tokenizer, "zwx")[1][0]
     assert "common token" in identifier_report(tokenizer, "dog")[1][0]
+
+
+def test_the_adapter_is_switched_once_while_nobody_else_lends_the_model(manager, tmp_path, monkeypatch):
+    """A step no longer switches ~200 layers off and on: the adapter stays on between steps, and only a lend by
+    someone else (here, validation's) switches it off first."""
+    switched = []
+    real = trainer.activate
+    monkeypatch.setattr(trainer, "activate", lambda layers, names: (switched.append(names), real(layers, names)))
+    train(manager, "tiny", tmp_path / "once", params(steps=6, validate_every=3), subject())
+    # The steps switch it on before step 1 and again after the validation at step 3 (which lent the model); the
+    # validations at 3 and 6 switch it on for themselves (step 0's draws the base model). Per step it would be 6 + 2.
+    assert len(switched) == 4, switched
+    assert_base_restored(manager)

@@ -10,19 +10,21 @@ import random
 from PIL import Image
 
 from studio.shapes.detect import classify_mask, detect
-from studio.shapes.world import BACKGROUNDS, POSITIONS, SHAPES, SIZES, UNSEEN_SHAPES, ShapeSpec, render
+from studio.shapes.world import BACKGROUNDS, POSITIONS, SHAPES, UNSEEN_SHAPES, ShapeSpec, render
 
 # name -> (shape, colour, the class noun DreamBooth's prompts use)
 CONCEPTS = {"green cross": ("cross", "green", "star")}
 
 
 def concept_images(name: str, n: int = 5, *, side: int = 64, seed: int = 0) -> list[Image.Image]:
-    """`n` renders of the concept, one shape each, at different cells, sizes and backgrounds."""
+    """`n` renders of the concept, one shape each, at different cells, on each background in turn, all large: a LoRA
+    taught small crosses too drew many small ones whose arms, a few pixels wide, blurred into a diamond."""
     shape, colour, _ = CONCEPTS[name]
     rng = random.Random(seed)
     cells = rng.sample(list(POSITIONS), n) if n <= len(POSITIONS) else rng.choices(list(POSITIONS), k=n)
-    return [render([ShapeSpec(shape, colour, cell, rng.choice(list(SIZES)))],
-                   (rng.choice(list(BACKGROUNDS)),), side)[0] for cell in cells]
+    backgrounds = list(BACKGROUNDS)  # each in turn, so that no background comes to belong to the concept
+    return [render([ShapeSpec(shape, colour, cell, "large")], (backgrounds[i % len(backgrounds)],), side)[0]
+            for i, cell in enumerate(cells)]
 
 
 def shown_shape(image: Image.Image) -> str | None:
