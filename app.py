@@ -11,10 +11,12 @@ import spaces  # noqa: F401 - first: on a ZeroGPU Space it patches torch, which 
 
 import studio  # noqa: F401 - next: it refuses, with a message, a Python older than the libraries below need
 import gradio as gr
+from studio.batch import Cluster
 from studio.device import describe
 from studio.limits import FLAGS, Limits
 from studio.models import ModelManager
-from tabs import Deployment, StudioContext
+from tabs import Deployment, StudioContext, wire_send_to
+from tabs.batch import ClusterRuns
 from tabs.classify import ClassifyTab
 from tabs.classroom import ClassroomTab
 from tabs.control import ControlTab
@@ -23,7 +25,9 @@ from tabs.generate import GenerateTab
 from tabs.gpu import GpuPolicy
 from tabs.loras import LoraBar
 from tabs.p2p import P2PTab
+from tabs.restore import RestoreBar
 from tabs.sdedit import SDEditTab
+from tabs.settings import SettingsBar
 from tabs.train import TrainTab
 
 # Small models make small images: let single-image outputs fill their frame instead of sitting in its middle.
@@ -41,6 +45,9 @@ LIMIT_FLAGS = [("max_steps", int, "denoising steps per image"), ("max_side", int
                ("max_images", int, "images per request"), ("max_train_steps", int, "steps of a training job"),
                ("max_upload_mb", float, "size of an uploaded file"), ("max_pixels", int, "pixels of an uploaded image"),
                ("timeout", float, "seconds one job may run"), ("max_batch_images", int, "images in a Classify batch")]
+RAY_FLAGS = [("workers", int, "workers the cluster runs, each loading the model once (default 2)"),
+             ("cpus", float, "CPUs per worker, also its torch threads (default 1)"),
+             ("gpus", float, "GPUs per worker: 1 each, 0.5 two per GPU (default 0)")]
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -91,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preload", default=env("STUDIO_PRELOAD", ""), metavar="NAMES",
                    help="comma-separated ControlNets/T2I-Adapters to load at start-up with the model (always done "
                         "on ZeroGPU, where work cannot load models; $STUDIO_PRELOAD)")
+    p.add_argument("--preview-every", type=int, metavar="N", default=int(env("STUDIO_PREVIEW_EVERY", "5")),
+                   help="live previews every N denoising steps, each visitor may change it; 0: off "
+                        "($STUDIO_PREVIEW_EVERY)")
     p.add_argument("--vae-tiling", choices=["auto", "on", "off"], default=env("STUDIO_VAE_TILING", "auto"),
                    help="decode large images by tiles: auto (above about 1,500 px for SD), on or off "
                         "($STUDIO_VAE_TILING)")
@@ -122,6 +132,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--session-ttl", type=float, metavar="HOURS", default=float(env("STUDIO_SESSION_TTL", "24")),
                    help="shared studio: an anonymous session's files are removed when its tab closes, or after "
                         "this long untouched ($STUDIO_SESSION_TTL)")
+    ray = p.add_argument_group("a Ray cluster for Classify batches and Train sweeps (README: Beyond one machine)")
+    ray.add_argument("--ray", metavar="ADDRESS", default=env("RAY_ADDRESS"),
+                     help="auto, HOST:6379, ray://HOST:10001 or local ($RAY_ADDRESS; default: this machine only)")
+    for name, kind, what in RAY_FLAGS:
+        ray.add_argument(f"--ray-{name}", type=kind, default=env(f"STUDIO_RAY_{name.upper()}"), metavar="N",
+                         help=f"{what} ($STUDIO_RAY_{name.upper()})")
     limits = p.add_argument_group("limits of one request (default: none on a private desktop, the public ones "
                                   "with --public or --classroom)")
     for name, kind, what in LIMIT_FLAGS:
@@ -170,11 +186,12 @@ def logins(args: argparse.Namespace) -> Callable[[str, str], bool] | None:
 
 
 def build_app(manager: ModelManager, model: str, outputs: Path, gpu: GpuPolicy | None = None,
-              where: Deployment | None = None) -> gr.Blocks:
-    ctx = StudioContext(manager, model, outputs, send_to={SDEditTab.TAB_ID: SDEditTab.LABEL,
-                                                           P2PTab.TAB_ID: P2PTab.LABEL,
-                                                           EditTab.TAB_ID: EditTab.LABEL}, gpu=gpu or GpuPolicy(),
-                        deployment=where or Deployment())
+              where: Deployment | None = None, cluster: Cluster | None = None, preview_every: int = 5) -> gr.Blocks:
+    takes_images = (SDEditTab, P2PTab, EditTab, ControlTab, ClassifyTab)
+    ctx = StudioContext(manager, model, outputs, send_to={tab.TAB_ID: tab.LABEL for tab in takes_images},
+                        gpu=gpu or GpuPolicy(),
+                        deployment=where or Deployment(), cluster=ClusterRuns(cluster) if cluster else None,
+                        preview_every=preview_every)
     source = manager.resolve(model)
     with gr.Blocks(title="Diffusion Studio") as demo:
         gr.Markdown(f"# Diffusion Studio\nModel: **{source.name}** · {describe(manager.device)}")
@@ -184,9 +201,10 @@ def build_app(manager: ModelManager, model: str, outputs: Path, gpu: GpuPolicy |
             notes = gr.Markdown(elem_id="class-notes")
             gr.Timer(10.0).tick(lambda: ctx.notes, None, notes, api_name=False, queue=False)
             demo.load(lambda: ctx.notes, None, notes, api_name=False, queue=False)
-        LoraBar(ctx)
+        restore = RestoreBar(ctx, LoraBar(ctx))
+        SettingsBar(ctx)
         with gr.Tabs() as tabs:
-            generate = GenerateTab(ctx)
+            GenerateTab(ctx)
             SDEditTab(ctx)
             P2PTab(ctx)
             EditTab(ctx)
@@ -196,7 +214,8 @@ def build_app(manager: ModelManager, model: str, outputs: Path, gpu: GpuPolicy |
             if where and where.mode == "classroom":
                 classroom = ClassroomTab(ctx)
                 demo.load(classroom.visibility, None, classroom.tab, api_name=False, queue=False)
-        generate.wire_send_to(ctx.send_targets, tabs)
+        wire_send_to(ctx, tabs)
+        restore.wire(tabs)
         demo.unload(ctx.end_session)
     return demo
 
@@ -236,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     gpu = GpuPolicy.detect(max_seconds=args.gpu_seconds)
     where = deployment(args)
     manager = start_manager(args, gpu, where)
-    demo = build_app(manager, args.model, args.outputs, gpu, where)
+    cluster = Cluster.configured(args.ray, workers=args.ray_workers, cpus=args.ray_cpus, gpus=args.ray_gpus)
+    demo = build_app(manager, args.model, args.outputs, gpu, where, cluster, args.preview_every)
     queued(demo).launch(**launch_settings(args, where))
 
 

@@ -3,7 +3,7 @@
 Start the app with the built-in Shapes model, then run this script from the repository root:
 
     python app.py --offline --port 7899 --outputs /tmp/studio-outputs &
-    python docs/screenshots.py                  # writes docs/{generate,sdedit,p2p,control,classify,train,edit}.png
+    python docs/screenshots.py                 # writes docs/<tab>.png for every tab, the LoRAs and Restore
     python docs/screenshots.py --out /tmp/shots --only p2p control
 
 Needs Debian's chromium (/usr/bin/chromium) and the `playwright` pip package (no `playwright install`).
@@ -165,9 +165,54 @@ def edit(page: Page) -> None:
     page.locator("#edit-info").get_by_role("cell", name="Prompt-to-Prompt").first.wait_for(timeout=WAIT)
 
 
-SHOTS: dict[str, Callable[[Page], None]] = {"generate": generate, "sdedit": sdedit, "p2p": p2p,
-                                             "control": control, "classify": classify, "train": train,
-                                             "edit": edit}
+def loras(page: Page) -> Locator:
+    """The LoRAs accordion after adding a kohya-format LoRA for the Shapes model (zero weights, kohya's tag metadata):
+    its format, base model, rank and trigger words. The shot is of the accordion alone."""
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(ROOT / "models" / "shapes" / "sd", subfolder="unet")
+    state = {}
+    for name, module in unet.named_modules():
+        if name.endswith(("attn2.to_k", "attn2.to_v")):
+            stem = "lora_unet_" + name.replace(".", "_")
+            state |= {f"{stem}.lora_down.weight": torch.zeros(4, module.in_features),
+                      f"{stem}.lora_up.weight": torch.zeros(module.out_features, 4), f"{stem}.alpha": torch.tensor(4.)}
+    path = Path(tempfile.mkdtemp()) / "pastel shapes v2.safetensors"
+    tags = {"10_pastel": {"pastel shapes": 20, "soft colours": 12, "white background": 9}}
+    save_file(state, path, metadata={"ss_output_name": "pastel-shapes", "ss_tag_frequency": json.dumps(tags)})
+    open_accordion(page, "LoRAs and embeddings: apply them in every tab")
+    open_accordion(page, "Add your own LoRA or embedding")
+    page.locator("#lora-file input[type=file]").set_input_files(str(path))
+    page.wait_for_function("() => document.querySelector('#lora-name textarea, #lora-name input').value !== ''")
+    page.locator("#lora-add").click()
+    page.locator("#lora-detected").get_by_text("Added").wait_for(timeout=WAIT)
+    return page.locator("#lora-bar")
+
+
+def restore(page: Page) -> None:
+    """The header's Restore after dropping a PNG written by AUTOMATIC1111 (its `parameters` text, built here):
+    Generate opens with its prompt, sampler, seed and size, and the note says what was not used."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a purple diamond at the top right <lora:pastel-shapes:0.8>\nNegative prompt: "
+                  "blurry\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 4, Seed: 1234, "
+                  "Size: 64x64, Model: shapes, Hires upscale: 2, Version: v1.10.1")
+    path = Path(tempfile.mkdtemp()) / "from-a1111.png"
+    Image.new("RGB", (64, 64), "white").save(path, pnginfo=info)
+    open_accordion(page, "Restore from a PNG")
+    page.locator("#restore-file input[type=file]").set_input_files(str(path))
+    page.locator("#restore-summary").get_by_text("AUTOMATIC1111").wait_for(timeout=WAIT)
+
+
+SHOTS: dict[str, Callable[[Page], Locator | None]] = {"generate": generate, "sdedit": sdedit, "p2p": p2p,
+                                                       "control": control, "classify": classify, "train": train,
+                                                       "edit": edit, "loras": loras, "restore": restore}
 
 
 def main() -> None:
@@ -184,12 +229,15 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})  # a fresh session per tab
             page.goto(args.url, wait_until="load")
             page.wait_for_timeout(5000)  # Gradio renders after the load event
-            SHOTS[name](page)
+            area = SHOTS[name](page)  # a shot of part of the page, or None for all of it
             page.wait_for_timeout(1500)  # let images decode and plots draw
             toasts = page.locator("[data-testid='toast-body']")
             if toasts.count():
                 print(f"  {name}: toast shown: {toasts.first.inner_text()!r}", file=sys.stderr)
-            page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+            if area is None:
+                page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+            else:
+                area.screenshot(path=str(args.out / f"{name}.png"))
             page.close()
             print(f"{args.out / name}.png  {time.perf_counter() - started:.1f} s")
         browser.close()

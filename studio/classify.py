@@ -33,6 +33,7 @@ from PIL import Image
 from studio.images import MAX_PIXELS, flatten_alpha, load_image
 from studio.jobs import Cancelled, StepFn, StopFn
 from studio.params import Params, choice, ranged
+from studio.prompts import encode_text, prompt_chunks
 from studio.sampling import encode_image, seed_field, split_prediction
 from studio.shapes.world import COLOURS, SHAPES
 
@@ -45,6 +46,17 @@ SCHEDULES = {
 }
 PRESETS = Path(__file__).resolve().parents[1] / "presets" / "classify.yaml"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def stages_from_text(text: str) -> list[tuple[int, int]]:
+    """A schedule's name ("fast", "paper", "exhaustive"), or its stages as samples:kept pairs, e.g. "10:5, 50:1"."""
+    if text in SCHEDULES:
+        return SCHEDULES[text]
+    try:
+        return [(int(a), int(b)) for a, b in (pair.split(":") for pair in text.replace(" ", "").split(",") if pair)]
+    except ValueError:
+        raise ValueError(f"Write the custom schedule as samples:kept pairs, e.g. 10:5, 50:1 (got {text!r}).") \
+            from None
 
 
 @dataclass
@@ -174,8 +186,13 @@ def classify(pipe: StableDiffusionPipeline, image: Image.Image, classes: list[st
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     z = encode_image(pipe, prepare_image(image, side))
     prompts = [t.replace("{}", c) for c in classes for t in templates]
-    embeddings = pipe.encode_prompt(prompts, device, 1, False)[0].view(len(classes), len(templates), -1,
-                                                                       pipe.text_encoder.config.hidden_size)
+    # One chunk each: a long class prompt would otherwise give every other class empty chunks to be scored with
+    for prompt in prompts:
+        if len(prompt_chunks(pipe.tokenizer, prompt)) > 1:
+            raise ValueError(f"The class prompt \"{prompt[:50]}…\" has more than {pipe.tokenizer.model_max_length - 2} "
+                             "tokens or a BREAK: every class is scored on one chunk of the prompt, so shorten it.")
+    embeddings = encode_text(pipe, prompts, chunks=False).view(len(classes), len(templates), -1,
+                                                               pipe.text_encoder.config.hidden_size)
 
     # 2. One noise per timestep, shared by every class: x_t = sqrt(ᾱ_t) z + sqrt(1 - ᾱ_t) ε
     every, per_stage = timesteps(stages, T)
@@ -307,6 +324,39 @@ def labelled_images(source: Path, *, max_files: int = MAX_FILES, max_bytes: int 
     return check_classes(classes), items, skipped
 
 
+def batch_log(source: Path, classes: list[str], names: list[str], params: ClassifyParams, results_dir: Path) -> Path:
+    """The JSON-lines file a batch's per-image results go to, named after the dataset and settings: the same batch
+    run again (here, or on a cluster: studio/batch) finds its results and resumes."""
+    key = json.dumps([source.name, classes, names, asdict(params)], sort_keys=True, default=list)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return results_dir / f"{source.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.jsonl"
+
+
+def read_log(log: Path) -> dict[str, dict]:
+    """The results a batch has written so far, by file name."""
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["file"]] = row
+    return done
+
+
+def classify_item(pipe: StableDiffusionPipeline, name: str, truth: str, data: bytes, classes: list[str],
+                  params: ClassifyParams, *, max_pixels: int = MAX_PIXELS,
+                  should_stop: StopFn | None = None) -> dict | None:
+    """One image of a batch → its result row (file, truth, predicted, the winner's error, UNet calls), or None when
+    the file is not a readable image."""
+    try:
+        image = load_image(data, name=name, max_pixels=max_pixels)
+    except (ValueError, zipfile.BadZipFile, OSError):  # not an image, or a damaged zip member
+        return None
+    result = classify(pipe, image, classes, params, should_stop=should_stop)
+    return {"file": name, "truth": truth, "predicted": result.label, "error": result.ranking[0][1],
+            "unet_calls": result.unet_calls}
+
+
 def classify_batch(pipe: StableDiffusionPipeline, source: Path, params: ClassifyParams, results_dir: Path, *,
                    max_new: int | None = None, max_pixels: int = MAX_PIXELS, on_image: StepFn | None = None,
                    should_stop: StopFn | None = None) -> BatchResult:
@@ -315,15 +365,8 @@ def classify_batch(pipe: StableDiffusionPipeline, source: Path, params: Classify
     most that many images are classified in this call (one ZeroGPU call's share); the result says how many are
     still pending."""
     classes, items, skipped = labelled_images(source)
-    key = json.dumps([source.name, classes, [n for n, _, _ in items], asdict(params)], sort_keys=True, default=list)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    log = results_dir / f"{source.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.jsonl"
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[row["file"]] = row
+    log = batch_log(source, classes, [n for n, _, _ in items], params, results_dir)
+    done = read_log(log)
     new = pending = 0
     with log.open("a") as out:
         for i, (name, truth, read) in enumerate(items):
@@ -332,13 +375,17 @@ def classify_batch(pipe: StableDiffusionPipeline, source: Path, params: Classify
                 continue
             if name not in done:
                 try:
-                    image = load_image(read(), name=name, max_pixels=max_pixels)
-                except (ValueError, zipfile.BadZipFile, OSError):  # not an image, or a damaged zip member
+                    data = read()
+                except (zipfile.BadZipFile, OSError):  # a damaged zip member
                     skipped.append(name)
                     continue
-                result = classify(pipe, image, classes, params, should_stop=should_stop)
-                done[name] = {"file": name, "truth": truth, "predicted": result.label, "unet_calls": result.unet_calls}
-                out.write(json.dumps(done[name]) + "\n")
+                row = classify_item(pipe, name, truth, data, classes, params, max_pixels=max_pixels,
+                                    should_stop=should_stop)
+                if row is None:
+                    skipped.append(name)
+                    continue
+                done[name] = row
+                out.write(json.dumps(row) + "\n")
                 out.flush()
                 new += 1
             if on_image:

@@ -9,8 +9,11 @@ are added to the UNet encoder's features at every step (Mou et al., Section 3.2)
 One denoising loop here runs up to three units of either kind at once (MultiControlNet: ControlNet residuals are
 summed; MultiAdapter: adapter features are summed), each with its own conditioning scale and its own window of the
 schedule (start/end, as fractions of the steps), guess mode (ControlNet sees only the conditional branch, with the
-paper's scales from 0.1 at the shallowest block to 1.0 at the middle), and txt2img or img2img. With every scale at 0
-it is exactly the plain text-to-image loop of diffusers' StableDiffusionPipeline.
+paper's scales from 0.1 at the shallowest block to 1.0 at the middle), the control modes of sd-webui-controlnet
+(balanced; "my prompt is more important": per-block scales falling 0.825× a block from the middle down; "ControlNet
+is more important": those scales, and the unconditional branch left uncontrolled, so guidance amplifies the control),
+and txt2img or img2img. With every scale at 0 it is exactly the plain text-to-image loop of diffusers'
+StableDiffusionPipeline.
 """
 
 import time
@@ -23,13 +26,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageOps
 
 from studio.images import flatten_alpha
-from studio.jobs import Cancelled, StepFn, StopFn
+from studio.jobs import PreviewFn, StepFn, StopFn
 from studio.params import Params, choice, ranged
-from studio.sampling import (SCHEDULERS, check_prompt, decode_latents, encode_image, guided, make_scheduler,
-                             pick_seed, seed_field, snap_size, text_context, to_images)
+from studio.sampling import (SCHEDULERS, decode_latents, encode_image, make_scheduler,
+                             pick_seed, sample_loop, seed_field, snap_size, text_context, to_images)
 
 MAX_UNITS = 3
 RESIZE_MODES = ("crop and resize", "resize", "resize and fill")
+CONTROL_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                 "control": "ControlNet is more important"}
+SOFT_DECAY = 0.825  # sd-webui-controlnet's "soft injection": each block shallower than the middle gets 0.825×
+ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)  # its soft scales of a T2I-Adapter's four feature levels
 
 
 @dataclass
@@ -61,10 +68,31 @@ class ControlParams(Params):
     height: int = ranged(512, 64, 2048, 8, "Output pixels; the condition is fitted to this size.")
     scheduler: str = choice("UniPC", tuple(SCHEDULERS), "The sampler; UniPC needs few steps.")
     guess_mode: bool = False  # ControlNet on the conditional branch only, with rising per-block scales
+    control_mode: str = choice("balanced", CONTROL_MODES, "Who wins when the prompt and the map disagree "
+                               "(sd-webui-controlnet's modes).")
     resize_mode: str = choice("crop and resize", RESIZE_MODES,
                               "crop: cover and cut the centre · resize: stretch · fill: fit inside, black around")
     strength: float = ranged(0.75, 0.01, 1.0, 0.01, "img2img: how much of the input image is re-drawn (diffusers' "
                                                      "`strength`).")
+
+    def check(self) -> None:
+        if self.guess_mode and self.control_mode != "balanced":
+            raise ValueError("Guess mode sets its own per-block scales: use it with the balanced control mode, or "
+                             "pick \"ControlNet is more important\" instead of guess mode.")
+
+
+def control_scales(mode: str, n: int, adapter: bool = False) -> list[float]:
+    """Multipliers of a unit's scale for each of its n residuals (a ControlNet's down blocks then its middle block;
+    a T2I-Adapter's feature levels, shallow to deep). Balanced: all 1. The other two modes: sd-webui-controlnet's
+    soft injection, 0.825^(n−1−i) for a ControlNet (0.1 at the shallowest of SD's 13, 1 at the middle) and
+    (0.25, 0.62, 0.825, 1) for an adapter's four levels."""
+    if mode not in CONTROL_MODES:
+        raise ValueError(f"Unknown control mode '{mode}'; choose one of {', '.join(CONTROL_MODES)}")
+    if mode == "balanced":
+        return [1.0] * n
+    if adapter:
+        return np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(ADAPTER_SOFT)), ADAPTER_SOFT).tolist()
+    return [SOFT_DECAY ** (n - 1 - i) for i in range(n)]
 
 
 @dataclass
@@ -114,7 +142,7 @@ def _condition_tensor(image: Image.Image, model: ControlNetModel | T2IAdapter, d
 
 def run_control(pipe: StableDiffusionPipeline, units: list[ControlUnit], params: ControlParams, *,
                 init_image: Image.Image | None = None, on_step: StepFn | None = None,
-                should_stop: StopFn | None = None) -> ControlResult:
+                should_stop: StopFn | None = None, on_preview: PreviewFn | None = None) -> ControlResult:
     """Generate with up to three ControlNet/T2I-Adapter units (txt2img, or img2img from `init_image`)."""
     started = time.perf_counter()
     # 1. Check inputs
@@ -124,13 +152,11 @@ def run_control(pipe: StableDiffusionPipeline, units: list[ControlUnit], params:
     for i, unit in enumerate(units):
         check_unit(unit, pipe.unet.config, i)
     width, height = snap_size(params.width, "width", warnings), snap_size(params.height, "height", warnings)
-    for text in (params.prompt, params.negative_prompt):
-        if warning := check_prompt(pipe.tokenizer, text):
-            warnings.append(warning)
     seed = pick_seed(params.seed)
     device, dtype = pipe.unet.device, pipe.unet.dtype
     use_cfg = params.cfg > 1
-    uncontrolled_branch = params.guess_mode and use_cfg  # guess mode leaves the unconditional branch uncontrolled
+    # Guess mode and "ControlNet is more important" leave the unconditional branch uncontrolled.
+    uncontrolled_branch = use_cfg and (params.guess_mode or params.control_mode == "control")
 
     # 2. Text embeddings
     context, cond = text_context(pipe, params.prompt, params.negative_prompt, use_cfg)
@@ -142,9 +168,12 @@ def run_control(pipe: StableDiffusionPipeline, units: list[ControlUnit], params:
     for i, (unit, tensor) in enumerate(zip(units, maps)):
         if isinstance(unit.model, T2IAdapter):
             with torch.no_grad():
-                features[i] = [f * unit.scale for f in unit.model(tensor)]
+                levels = unit.model(tensor)
+            scales = control_scales(params.control_mode, len(levels), adapter=True)
+            features[i] = [f * unit.scale * s for f, s in zip(levels, scales)]
             if use_cfg:  # the adapter steers both branches, as in diffusers' StableDiffusionAdapterPipeline
-                features[i] = [torch.cat([f] * 2) for f in features[i]]
+                features[i] = [torch.cat([torch.zeros_like(f) if uncontrolled_branch else f, f])
+                               for f in features[i]]
 
     # 4. Timesteps and the starting latent (pure noise, or the init image noised to `strength`)
     scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
@@ -165,37 +194,33 @@ def run_control(pipe: StableDiffusionPipeline, units: list[ControlUnit], params:
 
     # 5. Denoising loop: each active unit adds its residuals to the UNet's
     n = len(timesteps)
-    for i, t in enumerate(timesteps):
-        if should_stop and should_stop():
-            raise Cancelled("Generation cancelled")
-        model_in = scheduler.scale_model_input(torch.cat([x] * 2) if use_cfg else x, t)
+
+    def residuals(i: int, t: torch.Tensor, model_in: torch.Tensor) -> dict:
         down, mid, intrablock = None, None, None
-        with torch.no_grad():
-            for k, (unit, tensor) in enumerate(zip(units, maps)):
-                if i / n < unit.start or (i + 1) / n > unit.end or unit.scale == 0:
-                    continue  # outside its window: no residual (diffusers would still run it at scale 0)
-                if k in features:
-                    add = features[k]
-                    intrablock = add if intrablock is None else [a + b for a, b in zip(intrablock, add)]
-                    continue
-                cn_in, cn_text = (model_in.chunk(2)[1], cond) if uncontrolled_branch else (model_in, context)
-                d, m = unit.model(cn_in, t, encoder_hidden_states=cn_text,
-                                  controlnet_cond=tensor.expand(cn_in.shape[0], -1, -1, -1),
-                                  conditioning_scale=unit.scale, guess_mode=params.guess_mode, return_dict=False)
-                if uncontrolled_branch:
-                    d, m = [torch.cat([torch.zeros_like(r), r]) for r in d], torch.cat([torch.zeros_like(m), m])
-                down = d if down is None else [a + b for a, b in zip(down, d)]
-                mid = m if mid is None else mid + m
-            eps = pipe.unet(model_in, t, encoder_hidden_states=context, down_block_additional_residuals=down,
-                            mid_block_additional_residual=mid,
-                            # the UNet pops these as it goes: give it a fresh list each step
-                            down_intrablock_additional_residuals=None if intrablock is None else list(intrablock),
-                            return_dict=False)[0]
-        if use_cfg:
-            eps = guided(*eps.chunk(2), params.cfg)
-        x = scheduler.step(eps, t, x, return_dict=False)[0]
-        if on_step:
-            on_step(i + 1, n)
+        for k, (unit, tensor) in enumerate(zip(units, maps)):
+            if i / n < unit.start or (i + 1) / n > unit.end or unit.scale == 0:
+                continue  # outside its window: no residual (diffusers would still run it at scale 0)
+            if k in features:
+                add = features[k]
+                intrablock = add if intrablock is None else [a + b for a, b in zip(intrablock, add)]
+                continue
+            cn_in, cn_text = (model_in.chunk(2)[1], cond) if uncontrolled_branch else (model_in, context)
+            d, m = unit.model(cn_in, t, encoder_hidden_states=cn_text,
+                              controlnet_cond=tensor.expand(cn_in.shape[0], -1, -1, -1),
+                              conditioning_scale=unit.scale, guess_mode=params.guess_mode, return_dict=False)
+            if params.control_mode != "balanced":
+                *soft, s_mid = control_scales(params.control_mode, len(d) + 1)
+                d, m = [r * s for r, s in zip(d, soft)], m * s_mid
+            if uncontrolled_branch:
+                d, m = [torch.cat([torch.zeros_like(r), r]) for r in d], torch.cat([torch.zeros_like(m), m])
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        # the UNet pops the adapter's features as it goes: give it a fresh list each step
+        return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                    down_intrablock_additional_residuals=None if intrablock is None else list(intrablock))
+
+    x = sample_loop(pipe, scheduler, x, context, params.cfg, timesteps=timesteps, generator=[generator],
+                residuals=residuals, on_step=on_step, should_stop=should_stop, on_preview=on_preview)
 
     # 6. Decode (with the fp16 VAE guard)
     image = to_images(decode_latents(pipe, x))[0]

@@ -21,7 +21,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from studio.inversion import DDIMInversion, DDIMSchedule, ddim_invert, decode, denoise, psnr, ticker, trace
-from studio.jobs import StepFn, StopFn
+from studio.jobs import PreviewFn, StepFn, StopFn
 from studio.lora import applied
 from studio.params import Params, flag, ranged
 from studio.sampling import text_context
@@ -71,7 +71,8 @@ def same_latent_space(a: StableDiffusionPipeline, b: StableDiffusionPipeline) ->
 
 def run_ddib(pipe: StableDiffusionPipeline, image: Image.Image, params: DDIBParams, *,
              inversion: DDIMInversion | None = None, target_pipe: StableDiffusionPipeline | None = None,
-             on_step: StepFn | None = None, should_stop: StopFn | None = None) -> DDIBResult:
+             on_step: StepFn | None = None, should_stop: StopFn | None = None,
+             on_preview: PreviewFn | None = None) -> DDIBResult:
     """Algorithm 1: x_T = ODE_source⁻¹(image), result = ODE_target(x_T). `pipe` (from `ModelManager.lend`) is the
     source model; `target_pipe` another model for the target domain, else `pipe` itself (with `target_lora` if set).
     `inversion` is the cached DDIM inversion of `image` for the source prompt and steps, computed here if None."""
@@ -103,7 +104,7 @@ def run_ddib(pipe: StableDiffusionPipeline, image: Image.Image, params: DDIBPara
         target_cond = _context(target, params.target_prompt, params.cfg)
         with applied(target, loras):
             z = denoise(target, schedule, inversion.x_T, target_cond, params.cfg, on_step=lambda i, n: tick(),
-                        what="DDIB")
+                        on_preview=on_preview, what="DDIB")
             result = decode(target, z)
             if params.round_trip:
                 x_T = trace(target, schedule, z, _context(target, params.target_prompt, 1), tick)[0]

@@ -28,7 +28,7 @@ from PIL import Image
 
 from studio.inversion import (DDIMInversion, DDIMSchedule, ddim_invert, decode, denoise, prepare_image, ticker,
                               unet_output)
-from studio.jobs import StepFn, StopFn
+from studio.jobs import PreviewFn, StepFn, StopFn
 from studio.params import Params, ranged
 from studio.sampling import encode_image, pick_seed, seed_field, split_prediction, text_context
 
@@ -129,7 +129,8 @@ def latent_mask(mask: Image.Image | np.ndarray, shape: tuple[int, int]) -> np.nd
 
 def run_diffedit(pipe: StableDiffusionPipeline, image: Image.Image, params: DiffEditParams, *,
                  mask: Image.Image | np.ndarray | None = None, inversion: DDIMInversion | None = None,
-                 on_step: StepFn | None = None, should_stop: StopFn | None = None) -> DiffEditResult:
+                 on_step: StepFn | None = None, should_stop: StopFn | None = None,
+                 on_preview: PreviewFn | None = None) -> DiffEditResult:
     """The three steps of Sec. 3.2. `mask`: the user's own mask instead of step 1 (white = edit). `inversion`: the
     cached DDIM inversion of `image` for the caption and steps, computed here if None. `pipe` comes from
     `ModelManager.lend`."""
@@ -168,5 +169,5 @@ def run_diffedit(pipe: StableDiffusionPipeline, image: Image.Image, params: Diff
         context, _ = text_context(pipe, params.target_prompt, None, params.cfg > 1)
         z = denoise(pipe, inversion.schedule, trajectory[start], context, params.cfg, start=start,
                     after=lambda i, x: torch.where(keep, trajectory[i + 1], x), on_step=step, should_stop=should_stop,
-                    what="DiffEdit")
+                    on_preview=on_preview, what="DiffEdit")
     return DiffEditResult(decode(pipe, z), estimate, m, inversion, list(inversion.warnings))

@@ -1,25 +1,22 @@
-"""Text-to-image generation with reproducible seeds and PNGs that carry their own parameters.
+"""Text-to-image generation with reproducible seeds.
 
-Every image's PNG holds the parameters that made it (an A1111-style "parameters" text chunk that other tools read,
-and a JSON chunk this studio reads back), and the same parameters give the same pixels on the same device: the
-starting noise of image i is drawn on the CPU from seed + i, so it does not depend on the GPU's random generator.
+The same parameters give the same pixels on the same device: the starting noise of image i is drawn on the CPU from
+seed + i, so it does not depend on the GPU's random generator. Each image's metadata (its seed, the versions) goes
+into its PNG with the rest of its recipe (studio/pnginfo.py).
 """
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 import diffusers
 import torch
 import transformers
 from diffusers import DiffusionPipeline
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 import studio
-from studio.jobs import StepFn, StopFn
+from studio.jobs import PreviewFn, StepFn, StopFn
 from studio.params import Params, choice, ranged
-from studio.sampling import SCHEDULERS, SIZE_MULTIPLE, check_prompt, pick_seed, seed_field, snap_size, txt2img
+from studio.sampling import SCHEDULERS, SIZE_MULTIPLE, pick_seed, seed_field, snap_size, txt2img
 
 
 @dataclass
@@ -47,7 +44,8 @@ class GenerateResult:
 
 
 def run_generate(pipe: DiffusionPipeline, params: GenerateParams, *, model_name: str = "",
-                 on_step: StepFn | None = None, should_stop: StopFn | None = None) -> GenerateResult:
+                 on_step: StepFn | None = None, should_stop: StopFn | None = None,
+                 on_preview: PreviewFn | None = None) -> GenerateResult:
     """Generate `params.n_images` images. `pipe` is the caller's own (from `ModelManager.lend`): its scheduler is
     replaced here. Raises `Cancelled` if `should_stop()` turns true between steps."""
     # 1. Check inputs (the ranges were checked when `params` was built)
@@ -55,9 +53,6 @@ def run_generate(pipe: DiffusionPipeline, params: GenerateParams, *, model_name:
     bounds = {"lo": GenerateParams.meta("width")["min"], "hi": GenerateParams.meta("width")["max"]}
     width = snap_size(params.width, "width", warnings, **bounds)
     height = snap_size(params.height, "height", warnings, **bounds)
-    for text in (params.prompt, params.negative_prompt):
-        if warning := check_prompt(pipe.tokenizer, text):
-            warnings.append(warning)
     if not params.prompt.strip():
         warnings.append("The prompt is empty: the model draws whatever it likes (unconditional sample).")
     params = replace(params, seed=pick_seed(params.seed, params.n_images), width=width, height=height)
@@ -65,7 +60,7 @@ def run_generate(pipe: DiffusionPipeline, params: GenerateParams, *, model_name:
     # 2. Denoise with per-image CPU generators, then decode ourselves (with the fp16 VAE guard)
     images = txt2img(pipe, params.prompt, seed=params.seed, n=params.n_images, steps=params.steps, cfg=params.cfg,
                      width=width, height=height, scheduler=params.scheduler, negative_prompt=params.negative_prompt,
-                     on_step=on_step, should_stop=should_stop)
+                     on_step=on_step, should_stop=should_stop, on_preview=on_preview)
     device = str(pipe.unet.device)
     metadata = [image_metadata(params, i, model_name, device) for i in range(len(images))]
     return GenerateResult(images, params.seed, metadata, warnings)
@@ -75,47 +70,3 @@ def image_metadata(params: GenerateParams, index: int, model_name: str, device: 
     return {**asdict(params), "index": index, "image_seed": params.seed + index, "model": model_name,
             "device": device, "versions": {"studio": studio.__version__, "diffusers": diffusers.__version__,
                                            "torch": torch.__version__, "transformers": transformers.__version__}}
-
-
-def a1111_text(meta: dict) -> str:
-    """The "parameters" text other tools (A1111, ComfyUI, civitai) read."""
-    lines = [meta["prompt"]]
-    if meta["negative_prompt"]:
-        lines.append(f"Negative prompt: {meta['negative_prompt']}")
-    lines.append(f"Steps: {meta['steps']}, Sampler: {meta['scheduler']}, CFG scale: {meta['cfg']}, "
-                 f"Seed: {meta['image_seed']}, Size: {meta['width']}x{meta['height']}, Model: {meta['model']}, "
-                 f"Version: diffusion-studio {meta['versions']['studio']}")
-    return "\n".join(lines)
-
-
-def save_png(image: Image.Image, meta: dict, path: Path) -> Path:
-    info = PngInfo()
-    info.add_text("parameters", a1111_text(meta))
-    info.add_text("diffusion-studio", json.dumps(meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
-    return path
-
-
-def read_png_params(path: Path | str) -> GenerateParams:
-    """The parameters saved in a studio PNG; raises ValueError for other files, and for parameters that are damaged
-    or incomplete."""
-    name = Path(path).name
-    try:
-        with Image.open(path) as image:
-            text = image.info.get("diffusion-studio")
-    except (OSError, SyntaxError):
-        raise ValueError(f"{name} is not a PNG image.") from None
-    except Image.DecompressionBombError:
-        raise ValueError(f"{name} is far too large to be a picture made here.") from None
-    if text is None:
-        raise ValueError(f"{name} carries no Diffusion Studio parameters")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError(f"{name}: its Diffusion Studio parameters are damaged (not JSON).") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{name}: its Diffusion Studio parameters are not a set of named values.")
-    if missing := [f.name for f in fields(GenerateParams) if f.name not in meta]:
-        raise ValueError(f"{name}: its Diffusion Studio parameters lack {', '.join(missing)}.")
-    return GenerateParams(**{f.name: meta[f.name] for f in fields(GenerateParams)})

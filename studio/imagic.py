@@ -32,10 +32,11 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from PIL import Image
 
 from studio.inversion import DDIMSchedule, decode, denoise, prepare_image, ticker
-from studio.jobs import StepFn, StopFn
+from studio.jobs import PreviewFn, StepFn, StopFn
 from studio.lora import TARGETS, activate, remove_adapter, tuner_layers
 from studio.params import Params, ranged
-from studio.sampling import encode_image, pick_seed, seed_field
+from studio.prompts import encode_text
+from studio.sampling import check_prompt, encode_image, pick_seed, seed_field
 
 ADAPTER = "imagic"  # the fine-tuning's adapter name on the shared UNet, for the length of a call
 
@@ -169,19 +170,22 @@ def optimise(pipe: StableDiffusionPipeline, parameters: list[torch.Tensor], lr: 
 
 
 def run_imagic(pipe: StableDiffusionPipeline, image: Image.Image, params: ImagicParams, *,
-               on_step: StepFn | None = None, should_stop: StopFn | None = None) -> ImagicResult:
+               on_step: StepFn | None = None, should_stop: StopFn | None = None,
+               on_preview: PreviewFn | None = None) -> ImagicResult:
     """Stages A, B and C of Sec. 3.1. Progress counts A's and B's optimisation steps, then C's sampling steps.
     `pipe` comes from `ModelManager.lend`; the shared UNet is as it was when this returns or raises."""
     # 1. Inputs: the image's latent, the target text's embedding
     warnings: list[str] = []
     image = prepare_image(pipe, image, warnings)
+    if warning := check_prompt(pipe.tokenizer, params.target_prompt):
+        warnings.append(warning)
     seed = pick_seed(params.seed)
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     tick = ticker(params.embedding_steps + params.finetune_steps + params.steps, on_step, should_stop, "Imagic")
     with torch.no_grad():
         z0 = encode_image(pipe, image).float()
-        e_tgt = pipe.encode_prompt(params.target_prompt, pipe.unet.device, 1, False)[0].float()
+        e_tgt = encode_text(pipe, [params.target_prompt], chunks=False).float()  # one chunk: Stage A's e
     losses: list[tuple[str, int, float]] = []
     e_opt = e_tgt.clone().requires_grad_(True)
     with frozen(pipe.unet):
@@ -196,33 +200,34 @@ def run_imagic(pipe: StableDiffusionPipeline, image: Image.Image, params: Imagic
             lora = {k: v.detach().cpu().clone()
                     for k, v in get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER).items()}
             tuned = ImagicTuned(e_tgt.cpu(), e_opt.cpu(), lora, params.rank, image.size, seed, losses)
-            result = _sample(pipe, tuned, params.eta, params.steps, params.cfg, seed, tick, should_stop)
+            result = _sample(pipe, tuned, params.eta, params.steps, params.cfg, seed, tick, should_stop, on_preview)
     return ImagicResult(result, tuned, seed, warnings)
 
 
 def imagic_generate(pipe: StableDiffusionPipeline, tuned: ImagicTuned, eta: float, *, steps: int = 50,
                     cfg: float = 7.5, seed: int | None = None, on_step: StepFn | None = None,
-                    should_stop: StopFn | None = None) -> Image.Image:
+                    should_stop: StopFn | None = None, on_preview: PreviewFn | None = None) -> Image.Image:
     """Stage C alone, at another η: the kept LoRA goes back on the shared UNet for this generation only."""
     ImagicParams(target_prompt="-", eta=eta, steps=steps, cfg=cfg)  # the same ranges as a full run
     tick = ticker(steps, on_step, should_stop, "Imagic")
     with tuned_unet(pipe, tuned.rank, tuned.lora):
-        return _sample(pipe, tuned, eta, steps, cfg, tuned.seed if seed is None else seed, tick, should_stop)
+        return _sample(pipe, tuned, eta, steps, cfg, tuned.seed if seed is None else seed, tick, should_stop,
+                       on_preview)
 
 
 def _sample(pipe: StableDiffusionPipeline, tuned: ImagicTuned, eta: float, steps: int, cfg: float, seed: int,
-            tick, should_stop: StopFn | None) -> Image.Image:
+            tick, should_stop: StopFn | None, on_preview: PreviewFn | None = None) -> Image.Image:
     """Eq. 4's ē = η·e_tgt + (1 − η)·e_opt, sampled with DDIM from the seed's noise."""
     device = pipe.unet.device
     embedding = (eta * tuned.e_tgt + (1 - eta) * tuned.e_opt).to(device, pipe.unet.dtype)
     with torch.no_grad():
         context = embedding
         if cfg > 1:
-            uncond = pipe.encode_prompt("", device, 1, False)[0]
+            uncond = encode_text(pipe, [""])
             context = torch.cat([uncond, embedding])
         f, (width, height) = pipe.vae_scale_factor, tuned.size
         shape = (1, pipe.unet.config.in_channels, height // f, width // f)
         x_T = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device)
         z = denoise(pipe, DDIMSchedule(pipe, steps), x_T, context, cfg, on_step=lambda i, n: tick(),
-                    should_stop=should_stop, what="Imagic")
+                    should_stop=should_stop, on_preview=on_preview, what="Imagic")
     return decode(pipe, z)

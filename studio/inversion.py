@@ -29,9 +29,10 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from studio.images import flatten_alpha
-from studio.jobs import Cancelled, StepFn, StopFn
+from studio.jobs import Cancelled, PreviewFn, StepFn, StopFn
+from studio.prompts import encode_text
 from studio.sampling import (SIZE_MULTIPLE, decode_latents, encode_image, guided, make_scheduler, split_prediction,
-                             to_images)
+                             text_context, to_images)
 
 N_VIEWS = 6  # decoded latents of the trajectory kept for viewing
 CACHE_SIZE = 8  # inversions kept (a few MB each for SD at 512)
@@ -108,18 +109,23 @@ def unet_output(pipe: StableDiffusionPipeline, x: torch.Tensor, t: int, context:
 
 def denoise(pipe: StableDiffusionPipeline, schedule: DDIMSchedule, x: torch.Tensor, context: torch.Tensor,
             cfg: float, *, start: int = 0, after: Callable | None = None, on_step: StepFn | None = None,
-            should_stop: StopFn | None = None, what: str = "Denoising") -> torch.Tensor:
+            should_stop: StopFn | None = None, on_preview: PreviewFn | None = None,
+            what: str = "Denoising") -> torch.Tensor:
     """DDIM sampling (σ = 0) from schedule index `start` to the clean end, with the same pairs of noise levels the
     inversion took. `after(i, x)` may change the latent after the step from i to i + 1 (DiffEdit's mask)."""
     with torch.no_grad():
         for i in range(start, schedule.steps):
             if should_stop and should_stop():
                 raise Cancelled(f"{what} cancelled")
-            x = schedule.move(unet_output(pipe, x, schedule.timesteps[i], context, cfg), x, i, i + 1)
+            output = unet_output(pipe, x, schedule.timesteps[i], context, cfg)
+            x0 = split_prediction(output, x, schedule.alphas[i], schedule.prediction)[0] if on_preview else None
+            x = schedule.move(output, x, i, i + 1)
             if after is not None:
                 x = after(i, x)
             if on_step:
                 on_step(i - start + 1, schedule.steps - start)
+            if on_preview:
+                on_preview(i - start + 1, schedule.steps - start, x0)
     return x
 
 
@@ -158,7 +164,7 @@ class Inversion:
     steps: int
     cfg: float
     x_T: torch.Tensor  # (1, C, h, w)
-    null_embeddings: list[torch.Tensor]  # one (1, 77, d) unconditional embedding per step
+    null_embeddings: list[torch.Tensor]  # one (1, 77·k, d) unconditional embedding per step, k the prompt's chunks
     reconstruction: Image.Image
     psnr: float  # reconstruction vs the input, with the optimised null-texts
     psnr_ddim: float  # ... with DDIM inversion alone (the empty prompt as unconditional, same guidance)
@@ -205,7 +211,7 @@ def ddim_invert(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str, 
     schedule = DDIMSchedule(pipe, steps)
     tick = ticker(2 * steps, on_step, should_stop, "Inversion")
     with torch.no_grad():
-        cond, _ = pipe.encode_prompt(prompt, pipe.unet.device, 1, False)
+        cond = encode_text(pipe, [prompt])
         trajectory = trace(pipe, schedule, encode_image(pipe, image).float(), cond, tick)
         back = denoise(pipe, schedule, trajectory[0], cond, 1, on_step=lambda i, n: tick(), what="Inversion")
     reconstruction = decode(pipe, back)
@@ -223,7 +229,7 @@ def null_text_invert(pipe: StableDiffusionPipeline, ddim: DDIMInversion, cfg: fl
     dtype = pipe.unet.dtype
     tick = ticker(steps, on_step, should_stop, "Null-text inversion")
     with torch.no_grad():
-        cond, uncond = pipe.encode_prompt(ddim.prompt, pipe.unet.device, 1, True)
+        uncond, cond = text_context(pipe, ddim.prompt, None, True)[0].chunk(2)
     null = uncond.detach().float()
     nulls = []
     z = trajectory[0]

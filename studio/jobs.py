@@ -1,7 +1,8 @@
 """Progress and cancellation for long work, without any UI import.
 
-Technique functions take `on_step(done, total)` to report progress and `should_stop()` to poll between steps; the UI
-turns Cancel into a flag that `should_stop` reads, so the work stops at the next step and frees the GPU.
+Technique functions take `on_step(done, total)` to report progress, `should_stop()` to poll between steps and, where
+they denoise, `on_preview(step, total, x0)` for live previews; the UI turns Cancel into a flag that `should_stop`
+reads, so the work stops at the next step and frees the GPU.
 """
 
 import hashlib
@@ -15,6 +16,9 @@ import torch
 
 StepFn = Callable[[int, int], None]
 StopFn = Callable[[], bool]
+# (step, total, the predicted clean latents x0 at that step): a technique reports every step, the caller decides
+# which to show (live previews), so a technique never decodes for a preview nobody watches.
+PreviewFn = Callable[[int, int, torch.Tensor], None]
 
 
 class Cancelled(RuntimeError):

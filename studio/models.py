@@ -33,7 +33,9 @@ from transformers import CLIPTokenizer
 
 from studio.device import dtype_for, pick_device
 from studio.preprocess import PREPROCESSORS, Preprocessor
-from studio.lora import applied
+from studio.lora import applied, embedded
+from studio.pnginfo import file_hash
+from studio.sampling import Preview
 from studio.tiny import ensure_tiny_family, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +167,21 @@ def module_bytes(obj: Any) -> int:
                for t in [*m.parameters(), *m.buffers()])
 
 
+def weights_hash(source: ModelSource) -> str:
+    """`file_hash` of the file that holds a model's weights (for a folder or Hub model, its UNet's)."""
+    if source.kind == "single_file":
+        return file_hash(Path(source.location))
+    folder = Path(source.location)
+    if source.kind == "hub":
+        try:
+            folder = Path(huggingface_hub.snapshot_download(source.location, revision=source.revision,
+                                                            local_files_only=True, allow_patterns=["unet/*"]))
+        except Exception:  # noqa: BLE001 - not downloaded (or no Hub library state): no hash, not an error
+            return ""
+    files = sorted((folder / "unet").glob("*.safetensors")) + sorted((folder / "unet").glob("*.bin"))
+    return file_hash(files[0]) if files else ""
+
+
 class ModelManager:
     """Loads, caches and lends models; one instance per process, shared by every tab.
 
@@ -214,6 +231,7 @@ class ModelManager:
         self._loading: dict[tuple, Future] = {}
         self.load_count = 0  # models actually read from disk; tests use it to prove single loading
         self._claim: Callable[[], None] | None = None  # undoes a job's lasting change to the shared modules
+        self._hashes: dict[str, str] = {}  # model location -> its short hash
         modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
         if _quiet_empty_fp32_warning not in modeling_logger.filters:
             modeling_logger.addFilter(_quiet_empty_fp32_warning)
@@ -397,6 +415,8 @@ class ModelManager:
         def load() -> StableDiffusionPipeline:
             pipe = self._from_pretrained(StableDiffusionPipeline, source, on_progress)
             pipe.set_progress_bar_config(desc="Denoising")
+            pipe.preview = Preview(pipe.vae)
+            pipe.job_tokenizers = {}  # the tokenizer with a job's embedding tokens, copied once per set
             for module in pipe.components.values():  # shared weights are read, never trained (a trainer's adapter
                 if isinstance(module, torch.nn.Module):  # asks for its own gradients); peft freezes them anyway
                     module.requires_grad_(False)
@@ -498,9 +518,10 @@ class ModelManager:
     @contextmanager
     def lend(self, spec: str, cls: type[DiffusionPipeline] = StableDiffusionPipeline,
              *, on_progress: ProgressFn | None = None, loras: list[tuple[str | Path, float]] | None = None,
-             **components: Any) -> Iterator[DiffusionPipeline]:
+             embeddings: list[tuple[str | Path, str]] | None = None, **components: Any) -> Iterator[DiffusionPipeline]:
         """Use a pipeline exclusively: one job at a time runs on the shared weights, and the model cannot be evicted
-        while it is lent. `loras`: (library folder or .safetensors file, scale) pairs applied for this job only."""
+        while it is lent. `loras`: (library folder or .safetensors file, scale) pairs applied for this job only;
+        `embeddings`: (file, token) textual-inversion embeddings, also loaded for this job only."""
         source = self.resolve(spec)
         with self.gpu_lock:
             self.unclaim()
@@ -509,7 +530,8 @@ class ModelManager:
                 pipe = self._derive(base, cls, components)
                 pipe.screen, pipe.withheld = self.screen, 0  # the safety checker's marks, this job's own
                 pipe.vae_tiling = self.vae_tiling
-                with applied(pipe, loras or []):
+                pipe.preview = base.preview  # fitted once per model, at its first preview
+                with applied(pipe, loras or []), embedded(pipe, embeddings or [], base.job_tokenizers):
                     yield pipe
             finally:
                 self._release(self._key(source, "pipeline"))
@@ -524,6 +546,13 @@ class ModelManager:
             if name == spec.strip() or location in (shipped, built):
                 return entry.get("family", DEFAULT_FAMILY)
         return DEFAULT_FAMILY
+
+    def default_sampler(self, spec: str) -> str | None:
+        """The sampler the tabs open with for this model: its family's `sampler` in the catalog (SD 1.x: DPM++ 2M
+        Karras, as in A1111), else None (the tabs' own default)."""
+        family = self.family(spec)
+        return next((entry["sampler"] for entry in self.catalog.sections.get("base", {}).values()
+                     if entry.get("family") == family and "sampler" in entry), None)
 
     def controls_for(self, spec: str) -> list[str]:
         """Catalog ControlNets and T2I-Adapters that fit the base model `spec`."""
@@ -551,6 +580,14 @@ class ModelManager:
         undo, self._claim = self._claim, None
         if undo:
             undo()
+
+    def model_hash(self, spec: str) -> str:
+        """A1111's short hash of the model, as PNGs record it: of the checkpoint file, or of a folder's (or a
+        downloaded Hub model's) UNet weights; "" when they are not on this disk. Hashed once per process."""
+        source = self.resolve(spec)
+        if source.location not in self._hashes:
+            self._hashes[source.location] = weights_hash(source)
+        return self._hashes[source.location]
 
     def source_note(self, spec: str) -> str:
         """The catalog's warning for a model (e.g. that the tiny model draws noise), or ""."""

@@ -20,6 +20,7 @@ Only the conditional half of the classifier-free-guidance batch is edited, as in
 """
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,10 +30,11 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from studio.inversion import Inversion
-from studio.jobs import Cancelled, StepFn, StopFn
+from studio.jobs import Cancelled, PreviewFn, StepFn, StopFn
 from studio.params import Params, choice, ranged
-from studio.sampling import (decode_latents, guided, make_scheduler, pick_seed, seed_field, snap_size, text_context,
-                             to_images)
+from studio.prompts import BREAK, escape, parse_prompt_attention, prompt_chunks
+from studio.sampling import (check_prompt, decode_latents, guided, make_scheduler, pick_seed, seed_field, snap_size,
+                             text_context, to_images)
 
 EDITS = ("replace", "refine", "reweight")
 WEIGHT_RANGE = (-1.0, 10.0)  # the paper's notebook turns "smiling" up 5x and "cloudy" up to 20x; -1 inverts a word
@@ -95,6 +97,23 @@ class P2PParams(Params):
 
 
 # --- Token bookkeeping ---------------------------------------------------------------------------------------------
+
+
+def word_weights(prompt: str) -> tuple[str, dict[str, float]]:
+    """The prompt as Prompt-to-Prompt aligns it, A1111's syntax (weights, BREAK) taken out, and the weight
+    that syntax gives each word where it is not 1: "a (red:1.5) car" → ("a red car", {"red": 1.5}). A word weighted
+    in part takes the weight of that part; a repeated word, that of its first occurrence."""
+    text, weight_at = "", []
+    for part, weight in parse_prompt_attention(prompt):
+        part, weight = (" ", 1.0) if part == BREAK else (part, weight)
+        text += part
+        weight_at += [weight] * len(part)
+    weights: dict[str, float] = {}
+    for word in re.finditer(r"\S+", text):
+        weight = next((w for w in weight_at[word.start() : word.end()] if w != 1), 1.0)
+        if weight != 1:
+            weights.setdefault(word[0], round(weight, 3))  # 1.21, not 1.2100000000000002
+    return text, weights
 
 
 def word_tokens(tokenizer, prompt: str) -> list[list[int]]:
@@ -419,7 +438,8 @@ def token_strings(tokenizer, prompt: str, n: int) -> list[str]:
 
 @torch.no_grad()
 def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inversion | None = None,
-            on_step: StepFn | None = None, should_stop: StopFn | None = None) -> P2PResult:
+            on_step: StepFn | None = None, should_stop: StopFn | None = None,
+            on_preview: PreviewFn | None = None) -> P2PResult:
     """Generate the source and the edit in one batch. `pipe` comes from `ModelManager.lend` (the processors are
     swapped on the shared UNet and always put back). With `inversion`, the source is that real image: the walk
     starts from its x_T and uses its optimised null-text embedding at each step."""
@@ -430,6 +450,28 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
     if params.edit == "reweight" and not params.target_prompt.strip():
         params = replace(params, target_prompt=params.source_prompt)
     warnings: list[str] = []
+    # A1111's weights stand for the paper's reweighting here: both prompts are aligned and encoded without the syntax,
+    # in one chunk (the maps hold 77 tokens), and the edited prompt's weights are the equalizer's, given as `weights`
+    # (the tab's sliders start from them).
+    (source, source_weights), (target, target_weights) = map(word_weights, (params.source_prompt,
+                                                                            params.target_prompt))
+    if inversion is not None and (prompt_chunks(pipe.tokenizer, params.source_prompt)
+                                  != prompt_chunks(pipe.tokenizer, escape(source), chunks=False)):
+        raise ValueError("The real image was inverted under its source prompt as written, but Prompt-to-Prompt draws "
+                         "the source from its plain words in one chunk: write the source prompt without weights, "
+                         "BREAK or more than 75 tokens.")
+    for text in dict.fromkeys((params.source_prompt, params.target_prompt, params.negative_prompt)):
+        if warning := check_prompt(pipe.tokenizer, text):
+            warnings.append(warning)
+    if source_weights and params.source_prompt != params.target_prompt:
+        warnings.append("The source prompt's weights are not used: Prompt-to-Prompt reweights the words of the "
+                        "edited prompt (the word weights).")
+    for word, weight in target_weights.items():
+        given = params.weights.get(word, 1)
+        if not math.isclose(given, weight, abs_tol=0.05):  # half the sliders' step
+            warnings.append(f"“{word}” is weighted {weight:g} in the edited prompt and {given:g} in the word weights; "
+                            "Prompt-to-Prompt uses the word weights.")
+    params = replace(params, source_prompt=source, target_prompt=target)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = snap_size(params.width or native, "width", warnings)
     height = snap_size(params.height or native, "height", warnings)
@@ -437,7 +479,8 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
     device, dtype = pipe.unet.device, pipe.unet.dtype
     use_cfg = params.cfg > 1
     prompts = [params.source_prompt, params.target_prompt]
-    context, cond = text_context(pipe, prompts, [params.negative_prompt] * 2 if use_cfg else None, use_cfg)
+    context, cond = text_context(pipe, [escape(p) for p in prompts], [params.negative_prompt] * 2 if use_cfg else None,
+                                 use_cfg, chunks=False)
 
     scheduler = make_scheduler("DDIM", pipe.scheduler.config)
     scheduler.set_timesteps(params.steps, device=device)
@@ -464,9 +507,12 @@ def run_p2p(pipe: StableDiffusionPipeline, params: P2PParams, *, inversion: Inve
             eps = pipe.unet(model_in, t, encoder_hidden_states=context).sample
             if use_cfg:
                 eps = guided(*eps.chunk(2), params.cfg)
-            latents = controller.end_step(scheduler.step(eps, t, latents).prev_sample)
+            out = scheduler.step(eps, t, latents)
+            latents = controller.end_step(out.prev_sample)
             if on_step:
                 on_step(i + 1, params.steps)
+            if on_preview:
+                on_preview(i + 1, params.steps, out.pred_original_sample)  # the source and the edit
     finally:
         pipe.unet.set_attn_processor(saved)
     controller.maps.finish()

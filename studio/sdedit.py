@@ -19,8 +19,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from studio.images import flatten_alpha
-from studio.jobs import Cancelled, StepFn, StopFn
+from studio.jobs import Cancelled, PreviewFn, StepFn, StopFn
 from studio.params import Params, ranged
+from studio.prompts import encode_text
 from studio.sampling import (Preview, decode_latents, encode_image, guided, make_scheduler, pick_seed, seed_field,
                              snap_size, text_context)
 
@@ -96,7 +97,7 @@ def soft_mask(mask: Image.Image | np.ndarray, size: tuple[int, int], feather: in
 
 def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEditParams, *,
                mask: Image.Image | np.ndarray | None = None, on_step: StepFn | None = None,
-               should_stop: StopFn | None = None) -> SDEditResult:
+               should_stop: StopFn | None = None, on_preview: PreviewFn | None = None) -> SDEditResult:
     """SDEdit one guide (Algorithm 1, or Algorithm 2 with `mask`). `pipe` comes from `ModelManager.lend`."""
     # 1. Check inputs (the ranges were checked when `params` was built)
     warnings: list[str] = []
@@ -128,7 +129,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
 
     # 4. Encode the guide once; latent-space mask (any editable pixel makes its latent cell editable)
     z_guide = encode_image(pipe, guide)
-    preview = Preview(pipe, z_guide, guide)  # the x(t0) and x0 views cost a matrix product, not a decode
+    preview = Preview.of(pipe)  # the x(t0) and x0 views cost a matrix product, not a decode
     factor = pipe.vae_scale_factor
     m = None
     if weight is not None:
@@ -143,7 +144,7 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
         noise = torch.randn(z.shape, generator=generator).to(device, dtype)
         x = scheduler.add_noise(z, noise, t_start)
         if k == 0:
-            noised = preview(x)
+            noised = preview(pipe, x)[0]
         keep_every = max(1, n_run // N_PREVIEWS)
         previews = []
         for i, t in enumerate(timesteps):
@@ -162,10 +163,12 @@ def run_sdedit(pipe: StableDiffusionPipeline, guide: Image.Image, params: SDEdit
                 known = scheduler.add_noise(z_guide, noise, t_next) if len(t_next) else z_guide
                 x = m * x + (1 - m) * known
             if i % keep_every == keep_every - 1 or i == n_run - 1:
-                previews.append((i + 1, preview(out.pred_original_sample)))
+                previews.append((i + 1, preview(pipe, out.pred_original_sample)[0]))
             done += 1
             if on_step:
                 on_step(done, total)
+            if on_preview:
+                on_preview(done, total, out.pred_original_sample)
         z = x
 
     # 6. Decode; with a mask, paste the original pixels back outside it
@@ -193,7 +196,7 @@ def realism(pipe: StableDiffusionPipeline, image: Image.Image, prompt: str = "",
     z = encode_image(pipe, image)
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.no_grad():
-        context, _ = pipe.encode_prompt(prompt, device, 1, False)
+        context = encode_text(pipe, [prompt])
         steps = pipe.scheduler.config.num_train_timesteps
         t = torch.linspace(steps * 0.1, steps * 0.9, n).long().to(device)
         noise = torch.randn((n, *z.shape[1:]), generator=generator).to(device, dtype)

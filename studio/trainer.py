@@ -36,6 +36,8 @@ from studio.jobs import Cancelled, StopFn
 from studio.lora import METADATA, TARGETS, activate, deactivate, remove_adapter, save_lora, tuner_layers
 from studio.models import ModelManager
 from studio.params import Params, choice, ranged
+from studio.pnginfo import Recipe, save_png
+from studio.prompts import encode_text, plain_text
 from studio.sampling import seed_field, txt2img
 from studio.train_data import check_images, class_images, encode_views, load_job, save_job
 
@@ -82,7 +84,7 @@ class TrainParams(Params):
     checkpoint_every: int = ranged(250, 0, 5000, 10, "Save a resumable checkpoint every N steps (0: only on cancel).")
 
     def check(self) -> None:
-        words = self.instance_prompt.replace(",", " ").split()
+        words = plain_text(self.instance_prompt).replace(",", " ").split()  # "(sks:1.2) dog" has sks
         if not self.instance_prompt.strip():
             raise ValueError("The instance prompt is empty: describe the subject with the identifier, e.g. "
                              "'a sks dog'.")
@@ -91,7 +93,7 @@ class TrainParams(Params):
                              f"'a {self.identifier or 'sks'} dog'.")
         if self.prior_preservation and not self.class_prompt.strip():
             raise ValueError("Prior preservation needs a class prompt, e.g. 'a dog'.")
-        if self.identifier in self.class_prompt.split():
+        if self.identifier in plain_text(self.class_prompt).replace(",", " ").split():
             raise ValueError("The class prompt must not contain the identifier: it describes any member of the "
                              "class.")
         if self.resolution % 8:
@@ -161,10 +163,10 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
     # 2. Caches: latents of every augmented view, prompt tokens and embeddings, the class images' latents
     with manager.gpu_lock:
         latents = encode_views(pipe, images, params.resolution, params.crop, params.flip, generator)
-        ids = pipe.tokenizer([params.instance_prompt, params.class_prompt], padding="max_length", truncation=True,
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
+        # As Generate reads them (A1111's weights, long prompts in chunks), as kohya's weighted captions train
+        prompts = [params.instance_prompt, params.class_prompt]
         with torch.no_grad():
-            embeddings = text_encoder(ids)[0]
+            embeddings = encode_text(pipe, prompts)
     prior = None
     if params.prior_preservation:
         drawn = class_images(manager, spec, params.class_prompt, params.num_class_images, params.resolution,
@@ -212,8 +214,7 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
             with manager.gpu_lock:
                 switch.on()
                 with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                    loss = _loss(unet, text_encoder, noise_scheduler, latents, prior, embeddings, ids, params,
-                                 generator)
+                    loss = _loss(pipe, noise_scheduler, latents, prior, embeddings, prompts, params, generator)
                 value = loss.item()  # the one host sync a step keeps: the guard below needs it before the update
                 if not math.isfinite(value):
                     raise TrainingDiverged(
@@ -280,10 +281,12 @@ class AdapterSwitch:
         self.enabled = False
 
 
-def _loss(unet: Any, text_encoder: Any, scheduler: DDPMScheduler, latents: torch.Tensor,
-          prior: torch.Tensor | None, embeddings: torch.Tensor, ids: torch.Tensor, params: TrainParams,
+def _loss(pipe: Any, scheduler: DDPMScheduler, latents: torch.Tensor, prior: torch.Tensor | None,
+          embeddings: torch.Tensor, prompts: list[str], params: TrainParams,
           generator: torch.Generator) -> torch.Tensor:
-    """The denoising loss of one batch: instance views, plus as many class images with the prior (Eq. 2)."""
+    """The denoising loss of one batch: instance views, plus as many class images with the prior (Eq. 2).
+    `embeddings` are `prompts`' (instance, class), encoded again here when the text encoder trains."""
+    unet = pipe.unet
     device, dtype = unet.device, unet.dtype
     picks = torch.randint(len(latents), (params.batch,), generator=generator)
     x0, prompt_index = latents[picks.to(latents.device)], [0] * params.batch
@@ -296,7 +299,7 @@ def _loss(unet: Any, text_encoder: Any, scheduler: DDPMScheduler, latents: torch
     target = scheduler.get_velocity(x0, noise, t.to(device)) \
         if scheduler.config.prediction_type == "v_prediction" else noise
     index = torch.tensor(prompt_index, device=device)
-    context = text_encoder(ids[index])[0] if params.train_text_encoder else embeddings[index]
+    context = (encode_text(pipe, prompts) if params.train_text_encoder else embeddings)[index]
     pred = unet(noisy, t.to(device), encoder_hidden_states=context).sample
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
     per_sample = per_sample * min_snr_weights(scheduler, t, params.min_snr_gamma).to(device)
@@ -321,7 +324,11 @@ def _validate(manager: ModelManager, spec: str, folder: Path, params: TrainParam
                                  width=params.resolution, height=params.resolution)
                 for seed, image in enumerate(images):
                     path = out / f"step-{step:06d}-p{p}-s{seed}.png"
-                    image.save(path)
+                    # The job's settings travel in every validation image: drop one on Restore to train it again.
+                    settings = {"prompt": prompt, **asdict(params), "name": folder.name,
+                                "validation_prompts": "\n".join(params.validation_prompts)}
+                    save_png(image, Recipe("train", settings, model=spec, model_hash=manager.model_hash(spec),
+                                           extra={"step": step, "seed": seed}), path)
                     state.validation.append((step, f"step {step} · {prompt} · seed {seed}", path))
         finally:
             deactivate(layers)

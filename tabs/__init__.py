@@ -7,11 +7,14 @@
 - `slider`, `choices`, `checkbox`, `seed_box`: widgets whose ranges, choices and help come from a params dataclass.
 """
 
+import contextvars
 import functools
 import hashlib
 import inspect
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,10 +27,12 @@ import yaml
 
 from studio.images import load_image
 from studio.inversion import InversionCache
-from studio.jobs import Busy, Cancelled, CancelFlags, FairQueue, StepFn, blocks, interruptible
+from studio.jobs import Busy, Cancelled, CancelFlags, FairQueue, PreviewFn, StepFn, blocks, interruptible
 from studio.limits import Limits
-from studio.lora import library
+from studio.lora import embedding_library, library, weights_file
 from studio.models import ModelManager, ModelUnavailable
+from studio.pnginfo import IMAGE_REF, PROMPTS, Recipe, embed_image, file_hash, read_png, save_png
+from studio.sampling import Preview
 from studio.storage import LOCAL, Storage
 from tabs.gpu import GpuPolicy
 
@@ -51,6 +56,58 @@ class SendTarget:
     image: gr.components.Component
     prompt: gr.components.Component | None = None
     seed: gr.components.Component | None = None
+    after: Callable[[Any], None] | None = None  # wires what follows the image's arrival (Control detects its map)
+
+
+@dataclass
+class SendSource:
+    """An output with "Send to" buttons: `image` holds the path of a PNG the studio wrote (with `selected`, a
+    gallery of them and the index of the one picked)."""
+
+    image: gr.components.Component
+    buttons: dict[str, gr.Button]
+    selected: gr.State | None = None
+    pick: Callable[[Any], str | None] | None = None  # the path in the component's value (an ImageSlider's "after")
+
+
+def send_buttons(ctx: "StudioContext", tab_id: str) -> dict[str, gr.Button]:
+    """A row of "Send to …" buttons, one per tab that takes an image, this one aside (wired by `wire_send_to` once
+    every tab is built)."""
+    with gr.Row():
+        return {target: gr.Button(f"Send to {label} ➜", size="sm", elem_id=f"{tab_id}-send-{target}")
+                for target, label in ctx.send_to.items() if target != tab_id}
+
+
+def wire_send_to(ctx: "StudioContext", tabs: gr.Tabs) -> None:
+    """Each "Send to" button hands its output, with the prompt and seed its PNG records, to its target tab."""
+    targets = {target.tab_id: target for target in ctx.send_targets}
+    for source in ctx.send_sources:
+        inputs = [source.image] + ([source.selected] if source.selected is not None else [])
+        for tab_id, button in source.buttons.items():
+            target = targets[tab_id]
+            outputs = [c for c in (target.image, target.prompt, target.seed) if c is not None]
+            sent = button.click(functools.partial(send, source, target), inputs, [*outputs, tabs], api_name=False,
+                                queue=False)
+            if target.after:
+                target.after(sent)
+
+
+def send(source: SendSource, target: SendTarget, value: Any, index: int = 0) -> list[Any]:
+    if source.pick:
+        path = source.pick(value)
+    else:  # a gallery's picked image, or an image's own path
+        path = value[min(index, len(value) - 1)][0] if source.selected is not None and value else value
+    if not path:
+        raise gr.Error("Make an image first.")
+    try:
+        settings = read_png(path).settings
+    except ValueError:  # not one of ours after all: the picture alone
+        settings = {}
+    prompt = next((settings[k] for k in PROMPTS if isinstance(settings.get(k), str)), None)
+    values = [path]
+    values += [gr.skip() if prompt is None else prompt] if target.prompt is not None else []
+    values += [settings.get("seed", gr.skip())] if target.seed is not None else []
+    return [*values, gr.Tabs(selected=target.tab_id)]
 
 
 @dataclass
@@ -62,9 +119,28 @@ class Job:
     should_stop: Callable[[], bool]
     progress: gr.Progress
     warnings: list[str] = field(default_factory=list)
+    on_preview: PreviewFn | None = None  # set by `StudioContext.stream`: live previews of what is denoised
 
     def on_step(self, desc: str = "Denoising", unit: str = "steps") -> StepFn:
         return lambda i, n: self.progress((i, n), desc=desc, unit=unit)
+
+    def run(self, technique: Callable, *args: Any, unit: str = "steps", **kwargs: Any) -> Any:
+        """`technique(pipe, *args, should_stop=..., on_step=..., [on_preview=...,] **kwargs)` in this job; its
+        warnings join the job's."""
+        if self.on_preview is not None:
+            kwargs["on_preview"] = self.on_preview
+        result = technique(self.pipe, *args, should_stop=self.should_stop, on_step=self.on_step(unit=unit), **kwargs)
+        self.warnings += getattr(result, "warnings", [])
+        return result
+
+    def show_previews(self, show: Callable[[list[Any]], None], every: int) -> None:
+        """From now on the techniques this job runs hand their predicted x0 to `show` as pictures, every `every`
+        steps (not at the last: the result follows)."""
+        def on_preview(i: int, n: int, x0: Any) -> None:
+            if i % every == 0 and i < n:
+                show(Preview.of(self.pipe)(self.pipe, x0))
+
+        self.on_preview = on_preview
 
 
 @dataclass(frozen=True)
@@ -95,7 +171,11 @@ class StudioContext:
     send_to: dict[str, str] = field(default_factory=dict)  # tab id -> label of tabs that take a "Send to"
     cancel: CancelFlags = field(default_factory=CancelFlags)
     send_targets: list[SendTarget] = field(default_factory=list)  # filled in by those tabs as they are built
+    send_sources: list["SendSource"] = field(default_factory=list)  # outputs with "Send to" buttons, likewise
+    restorable: dict[str, "Form"] = field(default_factory=dict)  # tab id -> the form a PNG's recipe restores
     loras: dict[str, list[tuple[Path, float]]] = field(default_factory=dict)  # session -> LoRAs picked in the header
+    # session -> embeddings picked in the header, as (file, token); a session that picked none has all of its owner's
+    embeddings: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
     gpu: GpuPolicy = field(default_factory=GpuPolicy)  # where GPU events run (ZeroGPU or here)
     inversions: InversionCache = field(default_factory=InversionCache)  # real images, shared by tabs
     deployment: Deployment = field(default_factory=Deployment)
@@ -103,6 +183,9 @@ class StudioContext:
     sessions: dict[str, str] = field(default_factory=dict)  # session -> owner, of the sessions seen so far
     training: dict[tuple[str, str], Any] = field(default_factory=dict)  # (owner, LoRA name) -> its TrainJob
     notes: str = ""  # what a classroom's teacher shows at the top of every page
+    preview_every: int = 5  # live previews every this many steps, unless a session picks its own (0: off)
+    previews: dict[str, int] = field(default_factory=dict)  # session -> its own preview interval
+    cluster: Any = None  # tabs.batch.ClusterRuns with --ray: batches and sweeps run on that Ray cluster
 
     @functools.cached_property
     def storage(self) -> Storage:
@@ -128,6 +211,18 @@ class StudioContext:
     def lora_root(self, request: gr.Request | None) -> Path:
         """This owner's LoRA library and training jobs."""
         return self.storage.loras(self.owner(request))
+
+    def embedding_root(self, request: gr.Request | None) -> Path:
+        """This owner's textual-inversion embeddings, one `<token>.safetensors` each."""
+        return self.storage.home(self.owner(request)) / "embeddings"
+
+    def session_embeddings(self, request: gr.Request | None) -> list[tuple[Path, str]]:
+        """The embeddings this session's jobs load: those picked in the header, else all of the owner's (as A1111
+        does: an embedding does something only where its token is typed)."""
+        if session(request) in self.embeddings:
+            return self.embeddings[session(request)]
+        root = self.embedding_root(request)
+        return [(root / f"{token}.safetensors", token) for token in embedding_library(root)]
 
     def params(self, cls: type, values: dict[str, Any], **given: Any) -> Any:
         """`build(cls, values, **given)`, refused if above this studio's limits."""
@@ -162,8 +257,14 @@ class StudioContext:
 
     def model_id(self, request: gr.Request | None) -> str:
         """What a job of this session runs on, for caches: the model and the LoRAs picked in the header."""
-        return repr((self.model, [(str(path), scale) for path, scale in self.loras.get(session(request), [])]))
+        return repr((self.model, [(str(path), scale) for path, scale in self.loras.get(session(request), [])],
+                     [str(path) for path, _ in self.session_embeddings(request)]))
 
+
+    @functools.cached_property
+    def sampler(self) -> str | None:
+        """The sampler Generate and ControlNet open with for this model (None: their own default)."""
+        return self.manager.default_sampler(self.model)
 
     @functools.cached_property
     def family(self) -> str:
@@ -177,14 +278,17 @@ class StudioContext:
 
     @contextmanager
     def job(self, request: gr.Request | None, progress: gr.Progress, *,
-            loras: list[tuple[Path, float]] | None = None) -> Iterator[Job]:
+            loras: list[tuple[Path, float]] | None = None,
+            embeddings: list[tuple[Path, str]] | None = None) -> Iterator[Job]:
         """The one path of every GPU handler: this session's turn on the GPU (one job per session, first come first
         served, its place in the line on the progress bar), its stop flag (armed afresh, also checked inside each
         denoising step, and set by the studio's time limit), the model lent with `loras` or else the LoRAs this
-        session picked in the header, loading shown on the progress bar; the job's warnings become toasts."""
+        session picked in the header, and with its embeddings (`session_embeddings`) unless `embeddings` is given,
+        loading shown on the progress bar; the job's warnings become toasts."""
         key = session(request)
         stop = self.cancel.arm(key)
         loras = self.loras.get(key, []) if loras is None else loras
+        embeddings = self.session_embeddings(request) if embeddings is None else embeddings
         waiting = (lambda ahead: progress(0, desc=f"Waiting for the GPU: {ahead} job{'s' * (ahead != 1)} ahead of "
                                                    "yours"))
         with self.queue.turn(key, on_wait=waiting, should_stop=stop.is_set):
@@ -194,7 +298,7 @@ class StudioContext:
             def should_stop() -> bool:
                 return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
 
-            with self.manager.lend(self.model, loras=loras,
+            with self.manager.lend(self.model, loras=loras, embeddings=embeddings,
                                    on_progress=lambda f, what: progress(f, desc=what)) as pipe:
                 job = Job(pipe, should_stop, progress)
                 try:
@@ -215,10 +319,104 @@ class StudioContext:
                 unit: str = "steps", loras: list[tuple[Path, float]] | None = None, **kwargs: Any) -> Any:
         """`technique(pipe, *args, should_stop=..., on_step=..., **kwargs)` as one job; its warnings are shown."""
         with self.job(request, progress, loras=loras) as job:
-            result = technique(job.pipe, *args, should_stop=job.should_stop, on_step=job.on_step(unit=unit),
-                               **kwargs)
-            job.warnings += getattr(result, "warnings", [])
-        return result
+            return job.run(technique, *args, unit=unit, **kwargs)
+
+    def preview_interval(self, request: gr.Request | None) -> int:
+        return self.previews.get(session(request), self.preview_every)
+
+    def stream(self, request: gr.Request | None, progress: gr.Progress, work: Callable[[Job], Any], *,
+               loras: list[tuple[Path, float]] | None = None) -> Iterator[tuple[list[Any] | None, Any]]:
+        """`work(job)` as one job with live previews, for handlers that yield: (pictures, None) every few steps of
+        the session's preview interval, then (None, what `work` returned). `work` runs in a worker thread (with this
+        request's context, so its progress and warnings still reach this page) while this generator hands each
+        preview to Gradio as it comes. With previews off, just the result."""
+        every = self.preview_interval(request)
+        if not every:
+            with self.job(request, progress, loras=loras) as job:
+                result = work(job)
+            yield None, result
+            return
+        shown: queue.SimpleQueue = queue.SimpleQueue()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self.job(request, progress, loras=loras) as job:
+                    job.show_previews(shown.put, every)
+                    outcome["result"] = work(job)
+            except BaseException as error:  # re-raised in the handler's thread, where Gradio shows it
+                outcome["error"] = error
+            finally:
+                shown.put(None)
+
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+        worker.start()
+        try:
+            while (pictures := shown.get()) is not None:
+                yield pictures, None
+        finally:
+            if worker.is_alive():  # the page went away mid-job: stop the job too, at its next step
+                self.cancel.cancel(session(request))
+                worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield None, outcome["result"]
+
+    def recipe(self, request: gr.Request | None, tab: str, form: "Form | None", values: dict[str, Any], *,
+               loras: list[tuple[Path, float]] | None = None, **used: Any) -> Recipe:
+        """How an output of `tab` was made, to write into its PNG: the form's values by name, with `used` (what the
+        technique really used: the seed it drew) over them and the image inputs' files embedded; the model and the
+        LoRAs (`loras`, else this session's) with their hashes."""
+        recipe = Recipe(tab, {}, model=self.model, model_hash=self.manager.model_hash(self.model))
+        for path, scale in self.loras.get(session(request), []) if loras is None else loras:
+            name = f"{SHARED}{path.name}" if path.parent == self.storage.library else path.name
+            recipe.loras.append({"name": name, "weight": scale, "hash": file_hash(weights_file(path))})
+        for name, value in {**values, **used}.items():
+            component = form.inputs.get(name) if form else None
+            if isinstance(component, (gr.State, gr.File)):
+                continue  # what a job keeps between runs (Imagic's tuned stages), and uploads (a Train tab's photos)
+            if isinstance(component, gr.ImageEditor) and value:
+                value = {"background": value.get("background") and embed_image(recipe, name, value["background"]),
+                         "layers": [embed_image(recipe, f"{name}-layer", p) for p in value.get("layers") or []],
+                         "composite": value.get("composite") and embed_image(recipe, f"{name}-composite",
+                                                                             value["composite"])}
+            elif isinstance(component, gr.Image) and value:
+                value = embed_image(recipe, name, value)
+            recipe.settings[name] = value
+        return recipe
+
+    def keep(self, request: gr.Request | None, recipe: Recipe, image: Any, seed: int) -> str:
+        """`image` saved in this owner's outputs with `recipe` in it; the copy Gradio serves to this session."""
+        return self.served(save_png(image, recipe, self.storage.png(self.owner(request), seed)))
+
+    def restore(self, request: gr.Request | None, recipe: Recipe, form: "Form") -> dict[Any, Any]:
+        """The values `form`'s components take from `recipe` (settings it does not name keep their values), its
+        image inputs written out as files for this session."""
+        folder = Path(tempfile.gettempdir()) / "studio-restored" / hashlib.sha1(session(request).encode()).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def image(ref: Any) -> str | None:
+            if not (isinstance(ref, dict) and ref.get(IMAGE_REF) in recipe.images):
+                return None
+            path = folder / f"{ref[IMAGE_REF]}.png"
+            path.write_bytes(recipe.images[ref[IMAGE_REF]])
+            return str(path)
+
+        updates: dict[Any, Any] = {}
+        for name, value in recipe.settings.items():
+            component = form.inputs.get(name)
+            if isinstance(component, list):
+                updates |= dict(zip(component, value if isinstance(value, list) else []))
+            elif isinstance(component, gr.ImageEditor):
+                layers = [image(layer) for layer in (value or {}).get("layers", [])]
+                updates[component] = {"background": image((value or {}).get("background")),
+                                      "layers": [layer for layer in layers if layer],
+                                      "composite": image((value or {}).get("composite"))}
+            elif isinstance(component, gr.Image):
+                updates[component] = image(value)
+            elif component is not None:
+                updates[component] = value
+        return updates
 
     def stop_job(self, request: gr.Request) -> None:
         """Every tab's Cancel: the running job of this session stops at its next step."""
@@ -230,6 +428,8 @@ class StudioContext:
         key = session(request)
         self.cancel.cancel(key)
         self.loras.pop(key, None)
+        self.previews.pop(key, None)
+        self.embeddings.pop(key, None)
         owner = self.sessions.pop(key, None)
         if owner and owner.startswith("session:"):
             for (whose, _), job in list(self.training.items()):

@@ -7,8 +7,8 @@ import gradio as gr
 import pandas as pd
 
 from studio.classify import (MAX_FILES, SCHEDULES, BatchResult, ClassifyParams, class_presets, classify,
-                             classify_batch, labelled_images, opening_list, plan)
-from tabs import GPU, Form, StudioContext, build, choices, seed_box, session, slider, user_errors
+                             classify_batch, labelled_images, opening_list, plan, stages_from_text)
+from tabs import GPU, Form, SendTarget, StudioContext, build, choices, seed_box, session, slider, user_errors
 from tabs.gpu import SECONDS_PER_EVALUATION
 from tabs.inputs import ImageInput
 
@@ -22,13 +22,7 @@ EXPLAIN = ("Li et al., *Your Diffusion Model is Secretly a Zero-Shot Classifier*
 
 def parse_stages(schedule: str, custom: str) -> list[tuple[int, int]]:
     """A preset name, or `custom` as "samples:kept" pairs, e.g. "10:5, 50:1"."""
-    if schedule != CUSTOM:
-        return SCHEDULES[schedule]
-    try:
-        return [(int(a), int(b)) for a, b in (pair.split(":") for pair in custom.replace(" ", "").split(",") if pair)]
-    except ValueError:
-        raise ValueError(f"Write the custom schedule as samples:kept pairs, e.g. 10:5, 50:1 (got {custom!r}).") \
-            from None
+    return SCHEDULES[schedule] if schedule != CUSTOM else stages_from_text(custom)
 
 
 class ClassifyTab:
@@ -76,6 +70,9 @@ class ClassifyTab:
                     self.curves = gr.LinePlot(x="timestep", y="error", color="class", height=240,
                                               title="Error per timestep, best five classes")
                     self.stages = gr.Dataframe(label="Elimination stages", interactive=False, wrap=True)
+                    self.report = gr.File(label="Report: the image as a PNG holding these settings and the "
+                                                "prediction (drop it on Restore to classify it again)",
+                                          elem_id="classify-report")
             with gr.Accordion("Batch: accuracy over a labelled folder or zip (one sub-folder per class)",
                               open=False):
                 with gr.Row():
@@ -89,6 +86,7 @@ class ClassifyTab:
                 self.confusion = gr.Dataframe(label="Confusion matrix (rows: truth, columns: predicted)",
                                               interactive=False)
                 self.per_image = gr.Dataframe(label="Per image", interactive=False, max_height=300)
+        ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, self.image))
         self._wire()
 
     def _wire(self) -> None:
@@ -103,8 +101,9 @@ class ClassifyTab:
         named = dict(classes=self.classes, templates=self.templates, schedule=self.schedule, custom=self.custom,
                      loss=self.loss, seed=self.seed, batch=self.batch)
         one, many = Form(image=self.image, **named), Form(archive=self.archive, folder=self.folder, **named)
+        self.form = self.ctx.restorable[self.TAB_ID] = one
         event = self.run.click(one.task(self.ctx.gpu, self.classify, self.cost), one.components,
-                               [self.info, self.ranking, self.curves, self.stages], api_name="classify",
+                               [self.info, self.ranking, self.curves, self.stages, self.report], api_name="classify",
                                concurrency_id=GPU)
         # The batch handler only plans; each share of images is one GPU task (all of them, except on ZeroGPU).
         self.chunk = self.ctx.gpu.task(self.classify_some, lambda source, params, n, *_: n * self.image_seconds(
@@ -159,7 +158,9 @@ class ClassifyTab:
                                for t, e in sorted(result.errors[name].items())])
         stages = pd.DataFrame([{"stage": i + 1, "samples": s.samples, "classes measured": len(s.evaluated),
                                 "kept": ", ".join(s.kept)} for i, s in enumerate(result.history)])
-        return info, bars, curves, stages
+        recipe = self.ctx.recipe(request, self.TAB_ID, self.form, values)
+        recipe.extra = {"prediction": result.label, "ranking": result.ranking[:SHOWN]}
+        return info, bars, curves, stages, self.ctx.keep(request, recipe, image, params.seed)
 
     @user_errors
     def classify_some(self, source: str, params: ClassifyParams, n: int | None, request: gr.Request,
@@ -180,12 +181,17 @@ class ClassifyTab:
             raise ValueError("Upload a zip of class folders, or type the path of such a folder on this machine.")
         params = self._params(values)
         classes = labelled_images(source, max_files=self.ctx.limits.max_batch_images or MAX_FILES)[0]
-        per_task = self.ctx.gpu.chunk_steps(self.image_seconds(params, len(classes))) if self.ctx.gpu.zero else None
-        while True:
-            result = self.chunk(str(source), params, per_task, request, progress)
-            yield self._batch_tables(result)
-            if not result.pending or self.ctx.cancel.flag(session(request)).is_set():
-                break
+        if self.ctx.cluster:  # the Ray cluster's workers classify (tabs/batch.py); nothing runs on this model
+            result = yield from self.ctx.cluster.classify(self.ctx, request, progress, source, params,
+                                                          self._batch_tables)
+        else:
+            per_task = self.ctx.gpu.chunk_steps(self.image_seconds(params, len(classes))) if self.ctx.gpu.zero \
+                else None
+            while True:
+                result = self.chunk(str(source), params, per_task, request, progress)
+                yield self._batch_tables(result)
+                if not result.pending or self.ctx.cancel.flag(session(request)).is_set():
+                    break
         if result.skipped:
             gr.Warning(f"Skipped {len(result.skipped)} file(s) that are not images: "
                        f"{', '.join(result.skipped[:5])}{' …' if len(result.skipped) > 5 else ''}")

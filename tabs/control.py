@@ -1,7 +1,9 @@
 """ControlNet / T2I-Adapter tab: up to three conditions (image → preprocessor → editable map → model), compare."""
 
+import functools
 import time
 from dataclasses import dataclass, fields
+from typing import Any
 
 import gradio as gr
 from PIL import Image
@@ -9,8 +11,9 @@ from PIL import Image
 from studio.control import MAX_UNITS, ControlParams, ControlUnit, run_control
 from studio.models import ModelUnavailable
 from studio.preprocess import PREPROCESSORS, Knobs, run_preprocessor
-from tabs import (GPU, PRESETS, Form, StudioContext, build, checkbox, choices, model_examples, seed_box, slider,
-                  user_errors)
+from studio.prompts import SYNTAX
+from tabs import (GPU, PRESETS, Form, SendSource, SendTarget, StudioContext, build, checkbox, choices, model_examples,
+                  seed_box, send_buttons, slider, user_errors)
 from tabs.gpu import denoising
 from tabs.inputs import EditorInput, ImageInput
 
@@ -68,7 +71,7 @@ class ControlTab:
             gr.Markdown(EXPLAIN)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    self.prompt = gr.Textbox(caption, label="Prompt", elem_id="control-prompt")
+                    self.prompt = gr.Textbox(caption, label="Prompt", info=SYNTAX, elem_id="control-prompt")
                     self.negative = gr.Textbox(label="Negative prompt")
                     self.units = [self._unit(k, example if k == 0 else None, example_map if k == 0 else None)
                                   for k in range(MAX_UNITS)]
@@ -79,9 +82,10 @@ class ControlTab:
                         with gr.Row():
                             self.width = slider(ControlParams, "width", "Width", value=self.size)
                             self.height = slider(ControlParams, "height", "Height", value=self.size)
-                        self.scheduler = choices(ControlParams, "scheduler", "Scheduler")
+                        self.scheduler = choices(ControlParams, "scheduler", "Scheduler", value=ctx.sampler)
                         self.resize_mode = choices(ControlParams, "resize_mode", "Fit the maps to the output",
                                                    radio=True)
+                        self.control_mode = choices(ControlParams, "control_mode", "Control mode", radio=True)
                         self.guess = checkbox(ControlParams, "guess_mode", "Guess mode (ControlNet only)")
                         with gr.Row():
                             self.init = ImageInput(label="img2img: start from this image (optional)", type="filepath",
@@ -92,8 +96,9 @@ class ControlTab:
                         self.stop = gr.Button("Cancel", variant="stop")
                 with gr.Column(scale=1):
                     self.output = gr.Image(label="Result", format="png", interactive=False, height=320,
-                                           elem_id="control-output", elem_classes="studio-image")
+                                           type="filepath", elem_id="control-output", elem_classes="studio-image")
                     self.info = gr.Markdown(elem_id="control-info")
+                    ctx.send_sources.append(SendSource(self.output, send_buttons(ctx, self.TAB_ID)))
                     # Opens on the first map: a thumbnail row this short would crop a lone map, which fills it.
                     self.fed = gr.Gallery(label="The maps as the models saw them", columns=3, height=160,
                                           format="png", object_fit="contain", selected_index=0)
@@ -185,13 +190,18 @@ class ControlTab:
                                concurrency_id="preview")
             for trigger in (unit.image.upload, unit.preprocessor.input):  # a new image or detector: a new map
                 trigger(preview, detect.components, unit.map, api_name=False, concurrency_id="preview")
+            if k == 0:  # another tab's picture arrives as condition 1's image, and its map is detected
+                self.ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, unit.image, self.prompt, self.seed,
+                                                        after=functools.partial(self.redetect, preview, detect, unit)))
         # The API's argument order of `control` and `control_compare`: the settings, then the units' or the compared
         # models' inputs.
         settings = dict(prompt=self.prompt, negative_prompt=self.negative, steps=self.steps, cfg=self.cfg,
                         seed=self.seed, width=self.width, height=self.height, scheduler=self.scheduler,
-                        guess_mode=self.guess, resize_mode=self.resize_mode, init=self.init, strength=self.strength)
+                        guess_mode=self.guess, control_mode=self.control_mode, resize_mode=self.resize_mode,
+                        init=self.init, strength=self.strength)
         units = {f"{name}{k + 1}": getattr(u, name) for k, u in enumerate(self.units) for name in UNIT_FIELDS}
         form = Form(**settings, **units)
+        self.form = self.ctx.restorable[self.TAB_ID] = form
         gpu = self.ctx.gpu
         units_on = lambda v: sum(bool(v[f"enabled{k + 1}"]) for k in range(MAX_UNITS))  # noqa: E731
         event = self.run.click(form.task(gpu, self.generate, lambda v: self.cost(v, 1 + units_on(v))),
@@ -207,6 +217,10 @@ class ControlTab:
                               concurrency_id="preview")
         self.stop.click(self.ctx.stop_job, None, None, cancels=[event, comparing], api_name="cancel_control",
                         queue=False)
+
+    @staticmethod
+    def redetect(preview: Any, detect: Form, unit: UnitUI, sent: Any) -> None:
+        sent.success(preview, detect.components, unit.map, api_name=False, concurrency_id="preview")
 
     @staticmethod
     def cost(values: dict, networks: float) -> float:
@@ -257,11 +271,16 @@ class ControlTab:
                  for k in range(MAX_UNITS) if values[f"enabled{k + 1}"]]
         if not units:
             gr.Warning("No condition is switched on: this is a plain text-to-image picture.")
-        result = self.ctx.run_job(request, progress, run_control, units, params,
-                                  init_image=self.ctx.image(values["init"], "The img2img start image"))
+        init = self.ctx.image(values["init"], "The img2img start image")
+        for previews, result in self.ctx.stream(request, progress,
+                                                lambda job: job.run(run_control, units, params, init_image=init)):
+            if previews:
+                yield previews[0], gr.skip(), gr.skip()
         names = ", ".join(f"{u.name} × {u.scale:g} over {u.start:g}–{u.end:g}" for u in units) or "no control"
         info = f"seed {result.seed} · {result.seconds:.2f} s · {names}"
-        return result.image, [(m, u.name) for m, u in zip(result.conditions, units)], info
+        recipe = self.ctx.recipe(request, self.TAB_ID, self.form, values, seed=result.seed)
+        yield (self.ctx.keep(request, recipe, result.image, result.seed),
+               [(m, u.name) for m, u in zip(result.conditions, units)], info)
 
     @user_errors
     def compare(self, values: dict, request: gr.Request, progress: gr.Progress):

@@ -14,7 +14,9 @@ from studio.diffedit import DiffEditParams, DiffEditResult, estimate_mask, run_d
 from studio.imagic import ImagicParams, imagic_generate, run_imagic
 from studio.inversion import DDIMInversion, image_digest, prepare_image
 from studio.p2p import P2PParams, run_p2p
-from tabs import GPU, PRESETS, Form, SendTarget, StudioContext, checkbox, model_examples, seed_box, slider, user_errors
+from studio.prompts import SYNTAX
+from tabs import (GPU, PRESETS, Form, Job, SendSource, SendTarget, StudioContext, checkbox, model_examples, seed_box,
+                  send_buttons, slider, user_errors)
 from tabs.gpu import SECONDS_PER_TRAIN_STEP, denoising
 from tabs.inputs import EditorInput, ImageInput
 
@@ -45,6 +47,7 @@ class Outcome:
     diffedit: DiffEditResult | None = None
     tuned: dict | None = None  # Imagic's stages A and B: {"key": ..., "tuned": ImagicTuned}
     cached: bool = False  # the inversion was in the cache
+    seed: int | None = None  # the seed a method drew, where it draws noise (DiffEdit's mask, Imagic)
 
 
 def example_image(name: str) -> str:
@@ -92,7 +95,7 @@ class EditTab:
                     self.caption = gr.Textbox(first[2], label="Caption (what the image shows)", elem_id="edit-caption",
                                               info="The source prompt: the image is inverted under it.")
                     self.target = gr.Textbox(first[3], label="Target prompt", elem_id="edit-target",
-                                             info="The caption with your edit.")
+                                             info=f"The caption with your edit. {SYNTAX}")
                     self.method = gr.Radio([(label, name) for name, label in METHODS.items()], value=first[4],
                                            label="Method", elem_id="edit-method")
                     with gr.Row():
@@ -145,9 +148,12 @@ class EditTab:
                                 [self.image, self.caption, self.target, self.method],
                                 example_labels=[row[0] for row in examples], label="Examples (click one, then Edit)")
                 with gr.Column(scale=1):
-                    self.result = gr.ImageSlider(label="Before / after (drag the handle)", type="pil", format="png",
-                                                 height=320, elem_id="edit-result", elem_classes="studio-image")
+                    self.result = gr.ImageSlider(label="Before / after (drag the handle)", type="filepath",
+                                                 format="png", height=320, elem_id="edit-result",
+                                                 elem_classes="studio-image")
                     self.info = gr.Markdown(elem_id="edit-info")
+                    ctx.send_sources.append(SendSource(self.result, send_buttons(ctx, self.TAB_ID),
+                                                       pick=lambda pair: pair and pair[1]))
                     self.eta = slider(ImagicParams, "eta", "Imagic η (redraws stage C only)", value=imagic.get("eta"),
                                       visible=first[4] == IMAGIC, elem_id="edit-eta")
                     with gr.Accordion("DDIM inversion: x_T and the trajectory", open=False):
@@ -180,6 +186,7 @@ class EditTab:
                          mask=self.editor, embedding_steps=self.embedding_steps, embedding_lr=self.embedding_lr,
                          finetune_steps=self.finetune_steps, finetune_lr=self.finetune_lr, rank=self.rank,
                          imagic_cfg=self.imagic_cfg, eta=self.eta, p2p_cfg=self.p2p_cfg, tuned=self.tuned)
+        self.ctx.restorable[self.TAB_ID] = self.form
         gpu, views = self.ctx.gpu, [self.trajectory, self.difference, self.editor, self.tuned]
         event = self.run.click(self.form.task(gpu, self.edit, self.cost), self.form.components,
                                [self.result, self.info, self.compared, *views], api_name="edit", concurrency_id=GPU)
@@ -293,11 +300,12 @@ class EditTab:
             domain = (values["domain"] or SAME).strip()
             if domain in (SAME, "") or domain.startswith(LORA):
                 result = run_ddib(job.pipe, image, params, inversion=inversion, should_stop=job.should_stop,
-                                  on_step=job.on_step("DDIB: the target ODE"))
+                                  on_step=job.on_step("DDIB: the target ODE"), on_preview=job.on_preview)
             else:
                 with self.ctx.manager.lend(domain) as target:
                     result = run_ddib(job.pipe, image, params, inversion=inversion, target_pipe=target,
-                                      should_stop=job.should_stop, on_step=job.on_step("DDIB: the target ODE"))
+                                      should_stop=job.should_stop, on_step=job.on_step("DDIB: the target ODE"),
+                                      on_preview=job.on_preview)
             job.warnings += result.warnings
             text = f"**DDIB** · target domain: {domain} · guidance {params.cfg:g}"
             if result.cycle_psnr is not None:
@@ -306,12 +314,14 @@ class EditTab:
         if method == DIFFEDIT:
             mask = self.painted_mask(values)
             result = run_diffedit(job.pipe, image, params, mask=mask, inversion=inversion,
-                                  should_stop=job.should_stop, on_step=job.on_step("DiffEdit"))
+                                  should_stop=job.should_stop, on_step=job.on_step("DiffEdit"),
+                                  on_preview=job.on_preview)
             job.warnings += result.warnings
             source = "painted" if mask is not None else f"estimated from {params.n_noise} noise samples"
             text = (f"**DiffEdit** · mask {source}, {result.mask.mean():.0%} of the image · encoding ratio "
                     f"r = {params.strength:g} · guidance {params.cfg:g}")
-            return Outcome(inversion.image, result.image, text, inversion, result)
+            return Outcome(inversion.image, result.image, text, inversion, result,
+                           seed=result.estimate.seed if result.estimate else None)
         return Outcome(inversion.image, inversion.reconstruction, f"**DDIM inversion** · reconstruction PSNR "
                        f"{inversion.psnr:.1f} dB (the image redrawn from its x_T, unguided)", inversion)
 
@@ -323,8 +333,10 @@ class EditTab:
         kept = values["tuned"]
         if kept and kept["key"] == key:  # stages A and B done for this image, target and settings: stage C only
             after = imagic_generate(job.pipe, kept["tuned"], params.eta, steps=params.steps, cfg=params.cfg,
-                                    should_stop=job.should_stop, on_step=job.on_step("Imagic C: generating"))
-            return Outcome(before, after, f"**Imagic** · η {params.eta:g} · stages A and B reused", tuned=kept)
+                                    should_stop=job.should_stop, on_step=job.on_step("Imagic C: generating"),
+                                    on_preview=job.on_preview)
+            return Outcome(before, after, f"**Imagic** · η {params.eta:g} · stages A and B reused", tuned=kept,
+                           seed=kept["tuned"].seed)
         stages = (params.embedding_steps, params.embedding_steps + params.finetune_steps)
 
         def on_step(i: int, n: int) -> None:
@@ -332,13 +344,14 @@ class EditTab:
                     "Imagic B: fine-tuning a LoRA" if i <= stages[1] else "Imagic C: generating")
             job.progress((i, n), desc=desc, unit="steps")
 
-        result = run_imagic(job.pipe, image, params, should_stop=job.should_stop, on_step=on_step)
+        result = run_imagic(job.pipe, image, params, should_stop=job.should_stop, on_step=on_step,
+                            on_preview=job.on_preview)
         job.warnings += result.warnings
         losses = result.tuned.losses
         last = {stage: loss for stage, _, loss in losses}
         text = (f"**Imagic** · η {params.eta:g} · final losses: embedding {last.get('embedding', float('nan')):.3f}, "
                 f"fine-tuning {last.get('fine-tuning', float('nan')):.3f} · move η to redraw stage C only")
-        return Outcome(before, result.image, text, tuned={"key": key, "tuned": result.tuned})
+        return Outcome(before, result.image, text, tuned={"key": key, "tuned": result.tuned}, seed=result.seed)
 
     def views(self, outcome: Outcome) -> list:
         """The trajectory, DiffEdit's maps and Imagic's kept stages (each left as it is when not produced)."""
@@ -364,13 +377,18 @@ class EditTab:
         image, method = self.source(values), values["method"]
         params = self.params(method, values, request)  # bad settings are refused before the model is lent
         started = time.perf_counter()
-        with self.ctx.job(request, progress) as job:
-            outcome = self.run_method(method, params, job, image, values, request)
+        for previews, outcome in self.ctx.stream(request, progress, lambda job: self.run_method(
+                method, params, job, image, values, request)):
+            if previews:
+                yield (image, previews[0]), *[gr.skip()] * 6  # info, comparison, the views: as they are
         info = f"{outcome.text} · {time.perf_counter() - started:.1f} s"
         if outcome.inversion is not None:
             info += " · DDIM inversion " + ("reused from the cache" if outcome.cached else "computed (now cached, "
                                             "also for Prompt-to-Prompt)")
-        return [(outcome.before, outcome.after), info, gr.update(visible=False), *self.views(outcome)]
+        used = {} if outcome.seed is None else {"seed": outcome.seed}
+        after = self.ctx.keep(request, self.ctx.recipe(request, self.TAB_ID, self.form, values, **used), outcome.after,
+                              values["seed"] if outcome.seed is None else outcome.seed)
+        yield [(outcome.before, after), info, gr.update(visible=False), *self.views(outcome)]
 
     @user_errors
     def compare_all(self, values: dict, request: gr.Request, progress: gr.Progress):
@@ -427,13 +445,19 @@ class EditTab:
         kept = values["tuned"]
         image = self.source(values) if values["image"] is not None else None
         if not kept or image is None or kept["key"][1] != image_digest(image):
-            return gr.skip(), "Run Imagic on this image first: η then redraws its last result without re-tuning."
+            yield gr.skip(), "Run Imagic on this image first: η then redraws its last result without re-tuning."
+            return
         params = self.ctx.params(ImagicParams, values, target_prompt="-", cfg=values["imagic_cfg"])
         started = time.perf_counter()
-        with self.ctx.job(request, progress) as job:
+
+        def work(job: Job) -> tuple[Image.Image, Image.Image]:
             after = imagic_generate(job.pipe, kept["tuned"], params.eta, steps=params.steps, cfg=params.cfg,
-                                    should_stop=job.should_stop, on_step=job.on_step("Imagic C: generating"))
-            before = prepare_image(job.pipe, image)
-        return (before, after), (f"**Imagic** · η {params.eta:g} · stage C only · "
-                                 f"{time.perf_counter() - started:.1f} s")
+                                    should_stop=job.should_stop, on_step=job.on_step("Imagic C: generating"),
+                                    on_preview=job.on_preview)
+            return prepare_image(job.pipe, image), after
+
+        for previews, pair in self.ctx.stream(request, progress, work):
+            if previews:
+                yield (image, previews[0]), gr.skip()
+        yield pair, f"**Imagic** · η {params.eta:g} · stage C only · {time.perf_counter() - started:.1f} s"
 

@@ -1,26 +1,30 @@
 """Generate tab: text to image, with reproducible seeds, PNGs that carry their parameters, and "Send to" buttons."""
 
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 import gradio as gr
 
-from studio.generate import GenerateParams, read_png_params, run_generate, save_png
-from tabs import GPU, Form, SendTarget, StudioContext, choices, model_examples, seed_box, slider, user_errors
+from studio.generate import GenerateParams, run_generate
+from studio.prompts import SYNTAX
+from tabs import (GPU, Form, SendSource, StudioContext, choices, model_examples, seed_box, send_buttons, slider,
+                  user_errors)
 from tabs.gpu import denoising
 
-FIELDS = [f.name for f in fields(GenerateParams)]  # the API's argument order of `generate` and `restore_params`
+FIELDS = [f.name for f in fields(GenerateParams)]  # the API's argument order of `generate`
 
 
 class GenerateTab:
+    TAB_ID = "generate"
+
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
         size = ctx.size
-        with gr.Tab("Generate", id="generate"):
+        with gr.Tab("Generate", id=self.TAB_ID):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
                     self.prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a watercolor fox in the snow",
-                                             info="What to draw. CLIP reads the first 75 word pieces.",
+                                             info=f"What to draw. {SYNTAX}",
                                              elem_id="gen-prompt")
                     self.negative_prompt = gr.Textbox(label="Negative prompt", lines=1,
                                                       placeholder="blurry, low quality",
@@ -39,25 +43,22 @@ class GenerateTab:
                         self.width = slider(GenerateParams, "width", "Width", value=size)
                         self.height = slider(GenerateParams, "height", "Height", value=size)
                     with gr.Row():
-                        self.scheduler = choices(GenerateParams, "scheduler", "Scheduler")
+                        self.scheduler = choices(GenerateParams, "scheduler", "Scheduler", value=ctx.sampler)
                         self.n_images = slider(GenerateParams, "n_images", "Images")
                 with gr.Column(scale=1):
                     self.gallery = gr.Gallery(label="Images", format="png", columns=2, height=520,
                                               object_fit="contain", buttons=["download", "fullscreen"],
                                               interactive=False, elem_id="gen-gallery")
-                    self.info = gr.Markdown()
-                    with gr.Row():
-                        # Buttons now, wiring later: the target tabs are built after this one.
-                        self.send_buttons = {tab_id: gr.Button(f"Send to {label} ➜", size="sm")
-                                             for tab_id, label in ctx.send_to.items()}
-                    with gr.Accordion("Restore parameters from a studio PNG", open=False):
-                        self.restore = gr.File(label="Drop a PNG made here", file_types=[".png"])
+                    self.info = gr.Markdown(elem_id="gen-info")
+                    self.send = send_buttons(ctx, self.TAB_ID)
             gr.Examples(model_examples("generate", ctx.family), inputs=[self.prompt, self.negative_prompt],
                         label="Examples")
             # Inside the Tab: a component left directly in gr.Tabs makes Gradio draw the next tab's header twice.
             self.last = gr.State([])  # metadata of the images in the gallery
             self.selected = gr.State(0)
         self.form = Form(**{name: getattr(self, name) for name in FIELDS})
+        ctx.restorable[self.TAB_ID] = self.form
+        ctx.send_sources.append(SendSource(self.gallery, self.send, self.selected))
         self._wire()
 
     def _wire(self) -> None:
@@ -70,46 +71,28 @@ class GenerateTab:
         self.reuse_seed.click(lambda last: last[0]["seed"] if last else -1, self.last, self.seed, api_name=False,
                               queue=False)
         self.gallery.select(self.select, None, self.selected, api_name=False, queue=False)
-        self.restore.upload(self.restore_params, self.restore, self.form.components, api_name="restore_params")
 
     @user_errors
     def generate(self, values: dict, request: gr.Request, progress: gr.Progress):
         params = self.ctx.params(GenerateParams, values)
         started = time.perf_counter()
-        result = self.ctx.run_job(request, progress, run_generate, params, model_name=self.ctx.model)
-        owner = self.ctx.owner(request)
-        saved = [save_png(image, meta, self.ctx.storage.png(owner, meta["image_seed"]))
-                 for image, meta in zip(result.images, result.metadata)]
-        seeds = f"{result.seed}" if len(saved) == 1 else f"{result.seed}–{result.seed + len(saved) - 1}"
-        where = "kept with your session" if self.ctx.deployment.shared else f"saved to `{saved[0].parent}`"
+        for previews, result in self.ctx.stream(request, progress,
+                                                lambda job: job.run(run_generate, params, model_name=self.ctx.model)):
+            if previews:
+                yield previews, gr.skip(), gr.skip()
+        served = []
+        for image, meta in zip(result.images, result.metadata):
+            # Each image's own recipe: its seed, one image, so the file makes exactly that picture again.
+            recipe = self.ctx.recipe(request, self.TAB_ID, self.form, values, seed=meta["image_seed"], n_images=1,
+                                     width=meta["width"], height=meta["height"])
+            recipe.extra = {k: meta[k] for k in ("index", "device", "versions")}
+            served.append(self.ctx.keep(request, recipe, image, meta["image_seed"]))
+        seeds = f"{result.seed}" if len(served) == 1 else f"{result.seed}–{result.seed + len(served) - 1}"
+        where = "kept with your session" if self.ctx.deployment.shared else f"saved to `{self.ctx.outputs}`"
         info = (f"**Seed {seeds}** · {time.perf_counter() - started:.1f} s · {params.steps} steps "
                 f"{params.scheduler} · {result.metadata[0]['width']}×{result.metadata[0]['height']} · {where}")
-        return [self.ctx.served(path) for path in saved], info, result.metadata
+        yield served, info, result.metadata
 
     @staticmethod
     def select(event: gr.SelectData) -> int:
         return event.index
-
-    @user_errors
-    def restore_params(self, path: str | None):
-        if path is None:
-            raise ValueError("Drop a PNG made by the studio here.")
-        params = asdict(read_png_params(path))
-        return [params[name] for name in FIELDS]
-
-    def wire_send_to(self, targets: list[SendTarget], tabs: gr.Tabs) -> None:
-        """Each "Send to" button hands the selected image, with its prompt and seed, to its target tab."""
-        for target in targets:
-            outputs = [c for c in (target.image, target.prompt, target.seed) if c is not None]
-
-            def send(gallery, last, index, target=target):
-                if not gallery:
-                    raise gr.Error("Generate an image first.")
-                index = min(index, len(gallery) - 1)
-                values = [gallery[index][0]]
-                values += [last[index]["prompt"]] if target.prompt is not None else []
-                values += [last[index]["image_seed"]] if target.seed is not None else []
-                return [*values, gr.Tabs(selected=target.tab_id)]
-
-            self.send_buttons[target.tab_id].click(send, [self.gallery, self.last, self.selected], [*outputs, tabs],
-                                                   api_name=False)

@@ -1,12 +1,14 @@
 """Prompt-to-Prompt tab: edit a generated image by editing its prompt; per-word weights; attention explorer."""
 
+from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 
-from studio.p2p import WEIGHT_RANGE, P2PParams, P2PResult, run_p2p
-from tabs import GPU, Form, SendTarget, StudioContext, choices, model_examples, seed_box, slider, user_errors
+from studio.p2p import WEIGHT_RANGE, P2PParams, P2PResult, run_p2p, word_weights
+from tabs import (GPU, Form, Job, SendSource, SendTarget, StudioContext, choices, model_examples, seed_box,
+                  send_buttons, slider, user_errors)
 from tabs.gpu import denoising
 from tabs.inputs import ImageInput
 
@@ -63,7 +65,8 @@ class P2PTab:
                 with gr.Column(scale=1):
                     self.source_prompt = gr.Textbox(source, label="Source prompt", elem_id="p2p-source")
                     self.target_prompt = gr.Textbox(target, label="Edited prompt", elem_id="p2p-target",
-                                                    info="Reweight alone may leave this empty.")
+                                                    info="Reweight alone may leave this empty. (word:1.5) or "
+                                                    "(word) sets the word's attention weight below.")
                     self.edit = choices(P2PParams, "edit", "Edit", radio=True, value=edit)
                     with gr.Accordion("Edit a real image (DDIM + null-text inversion)", open=False):
                         self.real = ImageInput(label="Real image (the source prompt must describe it)",
@@ -112,10 +115,13 @@ class P2PTab:
                 with gr.Column(scale=1):
                     with gr.Row():
                         self.source = gr.Image(label="Source", format="png", interactive=False, height=280,
-                                               elem_classes="studio-image", elem_id="p2p-source-image")
+                                               type="filepath", elem_classes="studio-image",
+                                               elem_id="p2p-source-image")
                         self.edited = gr.Image(label="Edited", format="png", interactive=False, height=280,
-                                               elem_classes="studio-image", elem_id="p2p-edited-image")
+                                               type="filepath", elem_classes="studio-image",
+                                               elem_id="p2p-edited-image")
                     self.info = gr.Markdown()
+                    ctx.send_sources.append(SendSource(self.edited, send_buttons(ctx, self.TAB_ID)))
                     with gr.Accordion("Attention explorer", open=True):
                         with gr.Row():
                             self.upto = gr.Slider(1, P2PParams.default("steps"), value=P2PParams.default("steps"),
@@ -148,6 +154,9 @@ class P2PTab:
                     self_end=self.self_end, blend_words=self.blend_words, blend_threshold=self.blend_threshold,
                     blend_levels=self.blend_levels, steps=self.steps, cfg=self.cfg, seed=self.seed, real=self.real,
                     weights=self.weights)
+        self.form = form
+        # A PNG restores the words its weights belong to too, so the sliders keep their values as the prompts land.
+        self.ctx.restorable[self.TAB_ID] = Form(**form.inputs, weighted=self.weighted)
         event = self.run.click(form.task(self.ctx.gpu, self.p2p, self.cost), form.components,
                                [self.source, self.edited, self.info, self.result, self.side, self.mask],
                                api_name="p2p", concurrency_id=GPU)
@@ -167,7 +176,8 @@ class P2PTab:
 
     @staticmethod
     def words(target: str, source: str) -> list[str]:
-        return list(dict.fromkeys((target or source or "").split()))[:MAX_WEIGHT_WORDS]
+        """The words of the edited prompt as Prompt-to-Prompt aligns them, without A1111's weighting syntax."""
+        return list(dict.fromkeys(word_weights(target or source or "")[0].split()))[:MAX_WEIGHT_WORDS]
 
     @classmethod
     def example(cls, source: str, target: str, edit: str, blend: str, cfg: float, seed: int,
@@ -175,15 +185,16 @@ class P2PTab:
         """A presets/p2p.yaml row as the values of the example's inputs: the settings, the words the sliders stand
         for, and one weight per slider (1 unless the row names the word)."""
         words = cls.words(target, source)
-        values = [(weights or {}).get(word, 1) for word in words]
+        weights = {**word_weights(target or source)[1], **(weights or {})}
+        values = [weights.get(word, 1) for word in words]
         return [source, target, edit, blend, cfg, seed, " ".join(words), *values,
                 *[1] * (MAX_WEIGHT_WORDS - len(words))]
 
     @classmethod
     def relabel(cls, target: str, source: str, before: str, weights: list[float]) -> list:
         """Sliders for the words of the prompt as typed; a word still there keeps its weight, so typing another word
-        does not reset the ones already set."""
-        kept = dict(zip((before or "").split(), weights))
+        does not reset the ones already set, and a word weighted in the prompt, `(word:1.5)`, takes that weight."""
+        kept = {**dict(zip((before or "").split(), weights)), **word_weights(target or source or "")[1]}
         words = cls.words(target, source)
         return [" ".join(words), *(gr.update(label=words[i], visible=True, value=kept.get(words[i], 1))
                                    if i < len(words) else gr.update(visible=False) for i in range(MAX_WEIGHT_WORDS))]
@@ -197,23 +208,30 @@ class P2PTab:
                        word_windows=parse_windows(values["word_windows"]),
                        blend_words=(values["blend_words"] or "").split(),
                        blend_levels=[int(level) for level in values["blend_levels"] or []])
-        inversion = None
-        with self.ctx.job(request, progress) as job:
+        model = self.ctx.model_id(request)
+        cached = [real is not None and self.ctx.inversions.has(real, params.source_prompt, params.steps, cfg, model)
+                  for cfg in (None, params.cfg)]
+
+        def work(job: Job) -> tuple[P2PResult, Any]:
+            inversion = None
             if real is not None and params.steps < MIN_INVERSION_STEPS:
                 job.warnings.append(f"A real image inverted in {params.steps} steps reconstructs poorly, and "
                                     "null-text inversion then works hardest: use at least "
                                     f"{MIN_INVERSION_STEPS} steps.")
             if real is not None:  # the shared cache: inverted once per model, image, prompt, steps and guidance
-                model = self.ctx.model_id(request)
-                cached = [self.ctx.inversions.has(real, params.source_prompt, params.steps, cfg, model)
-                          for cfg in (None, params.cfg)]
                 inversion = self.ctx.inversions.null_text(job.pipe, real, params.source_prompt, params.steps,
                                                           params.cfg, model=model,
                                                           should_stop=job.should_stop,
                                                           on_step=job.on_step("Inverting the image"))
             result = run_p2p(job.pipe, params, inversion=inversion, should_stop=job.should_stop,
-                             on_step=job.on_step("Denoising source and edit"))
+                             on_step=job.on_step("Denoising source and edit"), on_preview=job.on_preview)
             job.warnings += result.warnings
+            return result, inversion
+
+        for previews, done in self.ctx.stream(request, progress, work):
+            if previews:
+                yield previews[0], previews[1], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        result, inversion = done
         weighted = ", ".join(f"{w} ×{v:g}" for w, v in params.weights.items()) or "none"
         info = (f"{params.edit} · seed {result.seed} · cross-attention {params.cross_start:.2f}–"
                 f"{params.cross_end:.2f} · self-attention until {params.self_end:.2f} · weights: {weighted}")
@@ -226,7 +244,10 @@ class P2PTab:
                      + ("Inversion reused from the cache." if cached[1] else
                         "DDIM inversion reused from the cache, null-text inversion computed." if cached[0] else
                         "Inversion computed (now cached)."))
-        return result.source, result.edited, info, result, sides, mask
+        recipe = self.ctx.recipe(request, self.TAB_ID, self.form, values, seed=result.seed,
+                                 weighted=" ".join(self.words(target, source)))
+        pictures = [self.ctx.keep(request, recipe, image, result.seed) for image in (result.source, result.edited)]
+        yield *pictures, info, result, sides, mask
 
     @staticmethod
     def explore(result: P2PResult | None, upto: float, side: str):

@@ -6,8 +6,9 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from studio.prompts import SYNTAX
 from studio.sdedit import MAX_SIDE, CompositeParams, SDEditParams, composite, guide_from_layers, run_sdedit, sweep
-from tabs import GPU, Form, SendTarget, StudioContext, seed_box, slider, user_errors
+from tabs import GPU, Form, SendSource, SendTarget, StudioContext, seed_box, send_buttons, slider, user_errors
 from tabs.inputs import EditorInput, ImageInput
 from tabs.gpu import denoising
 
@@ -19,7 +20,7 @@ T0_HINT = ("**t0 is the trade-off.** Around 0.3 the result keeps your strokes' l
 
 
 class SDEditTab:
-    TAB_ID, LABEL = "sdedit", "SDEdit"  # also the "Send to SDEdit" button that Generate creates
+    TAB_ID, LABEL = "sdedit", "SDEdit"  # also the "Send to SDEdit" buttons of the other tabs
 
     def __init__(self, ctx: StudioContext):
         self.ctx = ctx
@@ -38,7 +39,7 @@ class SDEditTab:
                     with gr.Row():
                         self.blank = gr.Button("Blank white canvas", size="sm")
                         self.use_mask = gr.Checkbox(True, label="Use the Mask layer when painted")
-                    self.prompt = gr.Textbox(label="Prompt", placeholder="a red circle on the left",
+                    self.prompt = gr.Textbox(label="Prompt", placeholder="a red circle on the left", info=SYNTAX,
                                              elem_id="sdedit-prompt")
                     self.negative_prompt = gr.Textbox(label="Negative prompt")
                     self.t0 = slider(SDEditParams, "t0", "t0 (noise level)")
@@ -56,8 +57,9 @@ class SDEditTab:
                         self.stop = gr.Button("Cancel", variant="stop")
                 with gr.Column(scale=1):
                     self.output = gr.Image(label="Result", format="png", interactive=False, height=320,
-                                           elem_id="sdedit-output", elem_classes="studio-image")
-                    self.info = gr.Markdown()
+                                           type="filepath", elem_id="sdedit-output", elem_classes="studio-image")
+                    self.info = gr.Markdown(elem_id="sdedit-info")
+                    ctx.send_sources.append(SendSource(self.output, send_buttons(ctx, self.TAB_ID)))
                     self.views = gr.Gallery(label="Guide noised to t0, then the model's predicted x0 along the way",
                                             columns=5, height=180, format="png", object_fit="contain")
                     self.strip = gr.Gallery(label="t0 sweep (same seed)", columns=6, height=180, format="png",
@@ -79,6 +81,7 @@ class SDEditTab:
         self.form = Form(editor=self.editor, use_mask=self.use_mask, prompt=self.prompt,
                          negative_prompt=self.negative_prompt, t0=self.t0, steps=self.steps, cfg=self.cfg,
                          eta=self.eta, repeats=self.repeats, seed=self.seed, feather=self.feather)
+        self.ctx.restorable[self.TAB_ID] = self.form
         gpu = self.ctx.gpu
         event = self.run.click(self.form.task(gpu, self.sdedit, self.cost), self.form.components,
                                [self.output, self.views, self.info], api_name="sdedit", concurrency_id=GPU)
@@ -113,13 +116,17 @@ class SDEditTab:
     @user_errors
     def sdedit(self, values: dict, request: gr.Request, progress: gr.Progress):
         guide, mask, params = self._inputs(values)
-        result = self.ctx.run_job(request, progress, run_sdedit, guide, params, mask=mask)
+        for previews, result in self.ctx.stream(request, progress,
+                                                lambda job: job.run(run_sdedit, guide, params, mask=mask)):
+            if previews:
+                yield previews[0], gr.skip(), gr.skip()
         views = [(result.noised, f"x(t0), t = {result.t0_timestep}")]
         views += [(image, f"predicted x0 after step {step}") for step, image in result.previews]
         masked = "inside the mask only" if mask is not None else "whole image"
         info = (f"t0 = {params.t0:.2f} → timestep {result.t0_timestep} of 1000 · seed {result.seed} · "
                 f"K = {params.repeats} · {masked}")
-        return result.image, views, info
+        recipe = self.ctx.recipe(request, self.TAB_ID, self.form, values, seed=result.seed)
+        yield self.ctx.keep(request, recipe, result.image, result.seed), views, info
 
     @user_errors
     def sweep(self, values: dict, request: gr.Request, progress: gr.Progress):

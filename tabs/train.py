@@ -15,6 +15,7 @@ from studio.trainer import (VALIDATION_SEEDS, VALIDATION_STEPS, TrainJob, TrainP
                             presets, read_state, train_until)
 from tabs import GPU, Form, StudioContext, checkbox, choices, session, slider, user_errors
 from tabs.gpu import SECONDS_PER_TRAIN_STEP, denoising
+from tabs.sweep import SweepSection
 
 EXPLAIN = ("Ruiz et al., *DreamBooth* (2023) with Hu et al.'s *LoRA* (2022): a rare identifier (**sks**) in the "
            "instance prompt is bound to your subject from 3–20 images, by training small low-rank updates of the "
@@ -78,6 +79,7 @@ class TrainTab:
                                                   format="png", object_fit="contain")
                         self.downloads = gr.File(label="Download (diffusers and kohya/A1111 formats)",
                                                  file_count="multiple", interactive=False)
+            self.sweep = SweepSection(ctx, self, dict(zip(SETTINGS, self.settings)))
             self.timer = gr.Timer(1.0, active=False)
         # On ZeroGPU each share of a job is one GPU call, asking for the share's own estimate.
         self.draw_prior = ctx.gpu.task(self._draw_prior, self._prior_seconds)
@@ -106,6 +108,7 @@ class TrainTab:
         start = Form(files=self.files, name=self.name, instance_prompt=self.instance_prompt,
                      identifier=self.identifier, class_prompt=self.class_prompt,
                      validation_prompts=self.validation_prompts, **dict(zip(SETTINGS, self.settings)))
+        self.ctx.restorable[self.TAB_ID] = start  # a validation image's PNG holds the job's settings
         resume = Form(name=self.name, steps=self.settings[SETTINGS.index("steps")])
         if self.ctx.gpu.zero:
             # ZeroGPU has no background threads: the job runs from this event as a series of GPU calls, each
@@ -164,13 +167,18 @@ class TrainTab:
         """The name, settings and images of a new job, checked here so the message comes at once."""
         name = check_name(values["name"] or "")
         self._free_slot(self.ctx.owner(request), name)
+        params, images = self.recipe(values)
+        check_new_job(self.ctx.lora_root(request) / name)
+        return name, params, images
+
+    def recipe(self, values: dict) -> tuple[TrainParams, list]:
+        """The form's settings and images, checked (also by the Sweep, which trains this recipe over a grid)."""
         params = self.ctx.params(TrainParams, values, identifier=(values["identifier"] or "").strip(),
                                  validation_prompts=[p for p in (values["validation_prompts"] or "").splitlines()
                                                      if p.strip()])
         images = check_images([f if isinstance(f, str) else f.name for f in values["files"] or []],
                               max_pixels=self.ctx.limits.max_pixels)
-        check_new_job(self.ctx.lora_root(request) / name)
-        return name, params, images
+        return params, images
 
     @user_errors
     def start_job(self, values: dict, request: gr.Request, progress: gr.Progress):
@@ -295,8 +303,10 @@ class TrainTab:
         name, scale = values["lora"], values["scale"]
         if not name or name not in self.ctx.lora_names(request):
             raise ValueError("Pick a finished LoRA from the library (or train one).")
-        result = self.ctx.run_job(request, progress, run_generate,
-                                  GenerateParams(values["prompt"] or "", seed=0, width=self.ctx.size,
-                                                 height=self.ctx.size, n_images=4),
-                                  loras=[(self.ctx.lora_path(request, name), float(scale))])
-        return [(image, f"seed {i} · scale {scale:g}") for i, image in enumerate(result.images)]
+        params = GenerateParams(values["prompt"] or "", seed=0, width=self.ctx.size, height=self.ctx.size, n_images=4)
+        loras = [(self.ctx.lora_path(request, name), float(scale))]
+        result = self.ctx.run_job(request, progress, run_generate, params, loras=loras)
+        # Each a Generate recipe with the LoRA: dropped on Restore, Generate draws it again with the LoRA picked.
+        return [(self.ctx.keep(request, self.ctx.recipe(request, "generate", None, asdict(params), loras=loras,
+                                                        seed=meta["image_seed"], n_images=1), image, i),
+                 f"seed {i} · scale {scale:g}") for i, (image, meta) in enumerate(zip(result.images, result.metadata))]

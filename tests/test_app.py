@@ -27,9 +27,12 @@ def test_generate_returns_pngs_of_the_requested_size_with_parameters(client):
 
 
 def test_restore_parameters_from_a_generated_png(client):
-    gallery, _ = generate(client, prompt="a blue square", seed=42, scheduler="UniPC")
-    restored = client.predict(handle_file(gallery[0]["image"]), api_name="/restore_params")
-    assert restored[0] == "a blue square" and restored[2] == 42 and restored[7] == "UniPC"
+    gallery, _ = generate(client, prompt="a blue square", seed=42, scheduler="UniPC", n=2)
+    summary, found = client.predict(handle_file(gallery[1]["image"]), api_name="/restore")
+    assert "**Generate** settings" in summary and found["tab"] == "generate"
+    settings = found["settings"]
+    assert (settings["prompt"], settings["scheduler"]) == ("a blue square", "UniPC")
+    assert (settings["seed"], settings["n_images"]) == (43, 1), "the second image's own seed, alone"
 
 
 def test_bad_input_gets_a_message_and_the_app_stays_up(client):

@@ -1,6 +1,7 @@
 """A person's path through the app in a real browser (Debian chromium driven by Playwright)."""
 
 import io
+import re
 import os
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, app_url):
     page.get_by_text("its pictures are noise").first.wait_for(timeout=30_000)
     page.locator("#gen-prompt textarea").fill("a red circle on the left")
     page.locator("#gen-run").click()
-    page.locator("#gen-gallery img").first.wait_for(timeout=60_000)
-    assert page.get_by_text("Seed").first.is_visible()
+    page.locator("#gen-info").get_by_text(re.compile(r"^Seed \d")).wait_for(timeout=60_000)  # done
+    page.locator("#gen-gallery img").first.wait_for(timeout=10_000)
     shot(page, "generate")
     page.get_by_role("button", name="Send to SDEdit ➜").click()
     sdedit_prompt = page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first
@@ -50,18 +51,19 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, app_url):
 
 
 def test_send_to_another_tab_carries_image_prompt_and_seed(page, manager, tmp_path):
-    from tabs import SendTarget, StudioContext
+    from tabs import SendTarget, StudioContext, wire_send_to
     from tabs.generate import GenerateTab
     from tests.conftest import free_port
 
     ctx = StudioContext(manager, "tiny", tmp_path, send_to={"target": "Target"})
     with gr.Blocks() as demo:
         with gr.Tabs() as tabs:
-            generate = GenerateTab(ctx)
+            GenerateTab(ctx)
             with gr.Tab("Target", id="target"):
                 image = gr.Image(label="Received", elem_id="received")
                 prompt, seed = gr.Textbox(label="Received prompt"), gr.Number(label="Received seed")
-        generate.wire_send_to([SendTarget("Target", "target", image, prompt, seed)], tabs)
+        ctx.send_targets.append(SendTarget("Target", "target", image, prompt, seed))
+        wire_send_to(ctx, tabs)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                         allowed_paths=[str(tmp_path)])
@@ -102,9 +104,12 @@ def test_paint_a_stroke_and_run_sdedit(page, app_url):
     assert red.sum() > 50, "the brush stroke should be on the canvas"
     page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first.fill("a red circle on the left")
     page.locator("#sdedit-run").click()
-    page.locator("#sdedit-output img").wait_for(timeout=60_000)
-    assert page.get_by_text("→ timestep").first.is_visible()
+    page.locator("#sdedit-info").get_by_text("→ timestep").wait_for(timeout=60_000)  # done, after the previews
+    page.locator("#sdedit-output img").wait_for(timeout=10_000)
     shot(page, "sdedit")
+    page.locator("#sdedit-send-classify").click()  # every output goes on to every tab that takes an image
+    page.locator("#classify-image img").wait_for(timeout=10_000)
+    assert page.get_by_role("tab", name="Classify").get_attribute("aria-selected") == "true"
 
 
 def test_upload_an_image_and_classify_it(page, app_url, tmp_path):
@@ -181,7 +186,7 @@ def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
     page.goto(app_url)
     page.locator("#gen-prompt textarea").fill("a red circle on the left")
     page.locator("#gen-run").click()
-    page.locator("#gen-gallery img").first.wait_for(timeout=60_000)
+    page.locator("#gen-info").get_by_text(re.compile(r"^Seed \d")).wait_for(timeout=60_000)
     page.get_by_role("button", name="Send to Edit a real image ➜").click()
     caption = page.locator("#edit-caption textarea")
     playwright.expect(caption).to_have_value("a red circle on the left", timeout=10_000)
@@ -194,3 +199,37 @@ def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
     page.locator("#edit-run").click()  # the same image, caption and steps: the inversion is reused
     page.locator("#edit-info").get_by_text("DDIM inversion reused").wait_for(timeout=60_000)
     shot(page, "edit")
+
+
+def test_drop_a_png_on_restore_and_its_tab_opens_with_its_settings(page, app_url, tmp_path):
+    from studio.pnginfo import IMAGE_REF, Recipe, save_png
+    from tests.test_pnginfo import A1111, png_with
+
+    page.goto(app_url)
+    page.get_by_text("Restore from a PNG").first.click()
+    drop = page.locator("#restore-file input[type=file]")
+    drop.set_input_files(str(png_with(tmp_path / "a1111.png", parameters=A1111)))
+    page.get_by_text("settings from a PNG made by AUTOMATIC1111").wait_for(timeout=20_000)
+    prompt = page.locator("#gen-prompt textarea")
+    page.wait_for_function("() => document.querySelector('#gen-prompt textarea')?.value.includes('cat')",
+                           timeout=10_000)
+    assert prompt.input_value() == "a photo of a cat, (masterpiece:1.2)"
+    assert page.locator("#gen-seed input").input_value() == "1234"
+    shot(page, "restore")
+    # One of the studio's own, from SDEdit: its tab opens, with the prompt and the guide image it used.
+    guide = tmp_path / "guide.png"
+    Image.new("RGB", (64, 64), (30, 60, 220)).save(guide)
+    recipe = Recipe("sdedit", {"editor": {"background": {IMAGE_REF: "editor-1"}, "layers": [], "composite": None},
+                               "prompt": "a blue square", "t0": 0.7, "seed": 11}, model="tiny",
+                    images={"editor-1": guide.read_bytes()})
+    save_png(Image.new("RGB", (64, 64)), recipe, tmp_path / "sdedit.png")
+    page.locator("#restore-file button[aria-label='Clear']").first.click()
+    drop.set_input_files(str(tmp_path / "sdedit.png"))
+    page.get_by_text("**SDEdit** settings").or_(page.get_by_text("SDEdit settings")).first.wait_for(timeout=20_000)
+    page.wait_for_function("() => document.querySelector('#sdedit-prompt textarea, #sdedit-prompt input')"
+                           "?.value === 'a blue square'", timeout=20_000)
+    assert page.get_by_role("tab", name="SDEdit").get_attribute("aria-selected") == "true"
+    page.wait_for_timeout(1000)
+    shown = np.asarray(Image.open(io.BytesIO(page.locator("#sdedit-editor").screenshot())).convert("RGB")).astype(int)
+    blue = (shown[..., 2] > 180) & (shown[..., 0] < 80)
+    assert blue.sum() > 2000, "the guide the PNG carried is on the canvas"

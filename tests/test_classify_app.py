@@ -4,6 +4,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from studio.pnginfo import read_png
 from tests.test_classify import dataset, image
 
 
@@ -20,11 +21,14 @@ def classify(client, path, classes="red circle\nblue square\ngreen star", templa
 
 def test_classify_an_image_shows_the_prediction_ranking_and_stages(client, tmp_path):
     image().save(tmp_path / "a.png")
-    info, ranking, curves, stages = classify(client, tmp_path / "a.png")
+    info, ranking, curves, stages, report = classify(client, tmp_path / "a.png")
     names = [row[0] for row in ranking["data"]]
     assert sorted(names) == ["blue square", "green star", "red circle"]
     assert f"Prediction: **{names[0]}**" in info and "20 UNet evaluations" in info  # 3 x 4 + 2 x 4
     assert [row[1] for row in stages["data"]] == [4, 8]
+    recipe = read_png(report)  # the report PNG: the image, the settings and the prediction, for Restore
+    assert recipe.tab == "classify" and recipe.extra["prediction"] == names[0]
+    assert recipe.settings["custom"] == "4:2, 8:1" and len(recipe.images) == 1
 
 
 @pytest.mark.parametrize("classes, templates, custom, match", [

@@ -22,6 +22,12 @@ def generate(manager, loras=None, **changes):
         return np.stack([np.asarray(i) for i in run_generate(pipe, params).images])
 
 
+def same_picture(a, b):
+    # Captured graphs may sum floats in another order than eager kernels: a pixel can round one level apart.
+    diff = np.abs(a.astype(int) - b.astype(int))
+    return diff.max() <= 2 and diff.mean() < 0.05
+
+
 @pytest.mark.slow
 def test_a_tour_of_the_tabs_compiles_a_bounded_set_of_graphs(model_cache, manager, tmp_path):
     torch._dynamo.reset()
@@ -32,7 +38,8 @@ def test_a_tour_of_the_tabs_compiles_a_bounded_set_of_graphs(model_cache, manage
     lora = train(manager, "tiny", tmp_path / "lora", TrainParams(instance_prompt="a sks dog", class_prompt="a dog",
                                                                   resolution=64, steps=2, validate_every=0,
                                                                   checkpoint_every=0), images)
-    assert np.array_equal(generate(compiled), generate(manager)), "compiled or not, the same pixels"
+    # Captured graphs may order float sums differently from eager kernels: a pixel can round one level apart.
+    assert same_picture(generate(compiled), generate(manager)), "compiled or not, the same picture"
     first = counter.frame_count
     generate(compiled, n_images=3)
     generate(compiled, width=96, height=96)
@@ -42,7 +49,7 @@ def test_a_tour_of_the_tabs_compiles_a_bounded_set_of_graphs(model_cache, manage
         run_sdedit(pipe, images[0], SDEditParams("a red circle", steps=10))
         classify(pipe, images[1], ["cat", "dog", "fox"], ClassifyParams())
     with_lora = generate(compiled, loras=[(lora, 1.0)])  # the whole-model compile crashed here
-    assert np.array_equal(with_lora, generate(manager, loras=[(lora, 1.0)]))
+    assert same_picture(with_lora, generate(manager, loras=[(lora, 1.0)])), "the LoRA applies to the compiled UNet"
     toured = counter.frame_count
     generate(compiled)
     with compiled.lend("tiny") as pipe:

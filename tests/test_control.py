@@ -9,7 +9,7 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionAdapterPipeline, StableDiffusionControlNetPipeline
 from PIL import Image
 
-from studio.control import ControlParams, ControlUnit, fit_condition, run_control
+from studio.control import ControlParams, ControlUnit, control_scales, fit_condition, run_control
 from studio.generate import GenerateParams, run_generate
 from studio.sampling import make_scheduler
 from studio.jobs import Cancelled
@@ -105,6 +105,50 @@ def test_guess_mode_controls_only_the_conditional_branch(pipe, controlnet):
     unit = [ControlUnit(controlnet, CONDITION)]
     normal = run_control(pipe, unit, PARAMS).image
     assert not same(run_control(pipe, unit, replace(PARAMS, guess_mode=True)).image, normal, tol=4)
+
+
+def seen(pipe, model, params, unit_scale=1.0):
+    """What one step gives: the ControlNet's own outputs, and the residuals the UNet receives from them."""
+    found = {}
+
+    def net(module, args, kwargs, out):
+        found.setdefault("net", (args[0].shape[0], out))  # the batch it saw, what it made
+
+    def unet(module, args, kwargs):
+        found.setdefault("unet", kwargs)
+
+    hooks = [model.register_forward_hook(net, with_kwargs=True),
+             pipe.unet.register_forward_pre_hook(unet, with_kwargs=True)]
+    try:
+        run_control(pipe, [ControlUnit(model, CONDITION, unit_scale)], replace(params, steps=1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found["net"], found["unet"]
+
+
+def test_control_modes_scale_the_residuals_as_sd_webui_controlnet_defines_them(pipe, controlnet):
+    """Balanced: the ControlNet's residuals as they are, on both branches. "My prompt is more important": residual i
+    of n scaled by 0.825^(n−1−i) (middle block 1, shallowest least). "ControlNet is more important": those scales,
+    and the ControlNet sees only the conditional branch, the unconditional one gets no residual at all."""
+    assert control_scales("prompt", 13)[0] == pytest.approx(0.825 ** 12) and control_scales("prompt", 13)[-1] == 1
+    assert control_scales("balanced", 13) == [1.0] * 13
+    assert control_scales("control", 4, adapter=True) == pytest.approx([0.25, 0.62, 0.825, 1.0])
+    for mode in ("balanced", "prompt", "control"):
+        (batch, (down, mid)), unet_in = seen(pipe, controlnet, replace(PARAMS, control_mode=mode), 0.8)
+        given = [*unet_in["down_block_additional_residuals"], unet_in["mid_block_additional_residual"]]
+        made = [*down, mid]
+        scales = control_scales(mode, len(made))
+        assert batch == (1 if mode == "control" else 2)  # the conditional branch (and the unconditional one)
+        for r, g, s in zip(made, given, scales):
+            cond = g[1:] if mode == "control" else g
+            torch.testing.assert_close(cond, r * s)  # conditioning_scale 0.8 is applied inside the ControlNet
+            if mode == "control":
+                assert not g[:1].any()  # the unconditional branch is uncontrolled
+    assert not same(run_control(pipe, [ControlUnit(controlnet, CONDITION)], replace(PARAMS, control_mode="prompt")
+                                ).image, run_control(pipe, [ControlUnit(controlnet, CONDITION)], PARAMS).image, tol=2)
+    with pytest.raises(ValueError, match="Guess mode sets its own"):
+        replace(PARAMS, guess_mode=True, control_mode="prompt")
 
 
 def test_units_compose_controlnet_and_adapter_together(pipe, controlnet, adapter):

@@ -34,7 +34,7 @@ def editor(value: dict) -> dict:
 
 
 def settings(seed=3):
-    return ["a red circle", "", 4, 7.5, seed, 64, 64, "UniPC", False, "crop and resize", None, 0.75]
+    return ["a red circle", "", 4, 7.5, seed, 64, 64, "UniPC", False, "balanced", "crop and resize", None, 0.75]
 
 
 def test_preview_gives_the_canny_map_of_the_image(client, picture):

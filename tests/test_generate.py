@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from studio.generate import GenerateParams, read_png_params, run_generate, save_png
+from studio.generate import GenerateParams, run_generate
 from studio.sampling import SCHEDULERS, make_scheduler
 from studio.jobs import Cancelled
 
@@ -39,33 +39,43 @@ def test_batch_uses_consecutive_seeds(manager):
     assert len({pixels(batch, i).tobytes() for i in range(3)}) == 3
 
 
-def test_png_parameters_round_trip_and_reproduce_the_image(manager, tmp_path):
-    result = generate(manager, seed=3, negative_prompt="blurry", scheduler="Euler a", cfg=5.0)
-    path = save_png(result.images[0], result.metadata[0], tmp_path / "out.png")
-    params = read_png_params(path)
-    assert params == GenerateParams(**{**FAST, "seed": 3, "negative_prompt": "blurry", "scheduler": "Euler a",
-                                       "cfg": 5.0})
-    from PIL import Image
-    with Image.open(path) as image:
-        text = image.info["parameters"]
-    assert text.startswith("a red circle on the left\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a")
-    with manager.lend("tiny") as pipe:
-        again = run_generate(pipe, params)
-    assert np.array_equal(np.asarray(Image.open(path)), pixels(again))
-
-
-def test_non_studio_png_is_refused(tmp_path):
-    from PIL import Image
-    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
-    with pytest.raises(ValueError, match="no Diffusion Studio parameters"):
-        read_png_params(tmp_path / "plain.png")
-
-
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 def test_every_scheduler_runs_and_is_recorded(manager, scheduler):
     result = generate(manager, seed=1, scheduler=scheduler, steps=3)
     assert result.images[0].size == (64, 64) and result.metadata[0]["scheduler"] == scheduler
     assert pixels(result).std() > 0
+
+
+@pytest.mark.parametrize("scheduler", ["DPM++ 2M Karras", "Euler a", "DPM++ 2M SDE Karras", "Heun"])
+def test_the_loop_is_diffusers_own_step_for_step(manager, scheduler):
+    """Our loop (prompt weights, previews, Karras sigmas) gives diffusers' StableDiffusionPipeline's pixels, for
+    deterministic and noise-drawing samplers alike, image by image of a batch."""
+    ours = generate(manager, seed=5, n_images=2, scheduler=scheduler, cfg=6.0, negative_prompt="blurry")
+    with manager.lend("tiny") as pipe:
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+        theirs = pipe(FAST["prompt"], negative_prompt="blurry", num_inference_steps=FAST["steps"], guidance_scale=6.0,
+                      width=64, height=64, num_images_per_prompt=2, output_type="np",
+                      generator=[torch.Generator("cpu").manual_seed(5 + i) for i in range(2)]).images
+    for i in range(2):
+        assert np.abs(pixels(ours, i).astype(float) - theirs[i] * 255).max() <= 1
+
+
+def test_live_previews_show_each_step_and_change_nothing(manager):
+    """A preview every step (the predicted x0, decoded as the tab shows it) leaves the final pixels as they are, and
+    its last one is close to the result."""
+    from studio.sampling import Preview
+
+    shown = []
+    params = GenerateParams(**{**FAST, "seed": 4, "scheduler": "Euler a"})
+    with manager.lend("tiny") as pipe:
+        plain = run_generate(pipe, params)
+        watched = run_generate(pipe, params, on_preview=lambda i, n, x0: shown.append((i, n, Preview.of(pipe)(pipe,
+                                                                                                           x0))))
+    assert np.array_equal(pixels(plain), pixels(watched))
+    assert [(i, n) for i, n, _ in shown] == [(i, FAST["steps"]) for i in range(1, FAST["steps"] + 1)]
+    last = np.asarray(shown[-1][2][0], float)
+    assert last.shape == pixels(plain).shape and np.abs(last - pixels(plain)).mean() < 40
 
 
 def test_ddim_never_clips_latents_even_when_the_config_omits_clip_sample():
@@ -85,10 +95,12 @@ def test_size_is_rounded_to_a_multiple_of_8_with_a_note(manager):
     assert any("100 was rounded to 96" in w for w in result.warnings)
 
 
-def test_long_prompt_is_truncated_with_a_warning(manager):
-    result = generate(manager, seed=1, prompt="a red circle and a blue square " * 20)
-    assert any("the text encoder reads only 77" in w for w in result.warnings)
-    assert not generate(manager, seed=1).warnings
+def test_long_prompt_is_read_whole_in_chunks_without_a_warning(manager):
+    """Past 75 tokens the prompt goes on in a second chunk (studio/prompts.py), so its end still changes the image."""
+    head = "a red circle and a blue square " * 11  # 77 tokens
+    left, right = (generate(manager, seed=1, prompt=head + f"on the {side}") for side in ("left", "right"))
+    assert not left.warnings and not right.warnings
+    assert not np.array_equal(pixels(left), pixels(right))
 
 
 @pytest.mark.parametrize("bad, match", [(dict(width=4096), "width must be between"),

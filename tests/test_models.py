@@ -19,6 +19,7 @@ from diffusers import (
     StableDiffusionPipeline,
     T2IAdapter,
 )
+from PIL import Image
 
 from studio.models import Catalog, ModelManager, ModelUnavailable, module_bytes
 from studio.sampling import decode_latents, split_prediction
@@ -308,15 +309,37 @@ def test_large_images_decode_by_tiles_close_to_whole(manager):
 
 
 def test_previews_are_cheap_and_look_like_the_image(manager):
-    """SDEdit's x0 views: a linear latent→RGB map fitted on the guide, one matrix product per view, shows another
-    picture's colours where they are (on the Shapes VAE; a VAE that small gets the real decode by default)."""
+    """Live previews and SDEdit's x0 views. A VAE as small as the Shapes model's gets the real decode (its latents
+    are too far from linear in RGB for a linear map: fitted, it casts a grey background magenta); a large one a
+    linear latent→RGB map fitted once on a colour chart, one matrix product per view, which on a real photo puts
+    each block's colour where it is, far better than the photo's mean colour would."""
+    from skimage.data import astronaut
 
-    from studio.sampling import Preview, encode_image
-    from studio.shapes.world import sample_scene
+    from studio.sampling import Preview, decode_latents, encode_image, to_images
 
-    guide, other = sample_scene(3).image, sample_scene(8).image
+    photo = Image.fromarray(astronaut()).resize((64, 64), Image.LANCZOS)
+
+    def coarse(picture):  # what a preview can promise: the colour of each 8x8 block, where it is
+        return np.asarray(Image.fromarray(np.asarray(picture, np.uint8)).resize((8, 8), Image.BOX), float)
+
     with manager.lend("shapes") as pipe:
-        assert Preview(pipe, encode_image(pipe, guide), guide).exact, "a VAE this small: the real decode"
-        shown = np.asarray(Preview(pipe, encode_image(pipe, guide), guide, exact=False)(encode_image(pipe, other)),
-                           float)
-    assert np.abs(shown - np.asarray(other, float)).mean() < 25
+        latents = encode_image(pipe, photo)
+        assert Preview(pipe.vae).exact and pipe.preview.exact, "a VAE this small: the real decode"
+        assert np.array_equal(np.asarray(pipe.preview(pipe, latents)[0]),
+                              np.asarray(to_images(decode_latents(pipe, latents))[0]))
+        view = Preview(pipe.vae, exact=False)(pipe, latents)[0]
+    assert view.size == (64, 64)
+    flat = np.ones((64, 64, 3)) * np.asarray(photo, float).mean((0, 1))
+    error, baseline = np.abs(coarse(view) - coarse(photo)).mean(), np.abs(coarse(flat) - coarse(photo)).mean()
+    assert error < baseline / 2, (error, baseline)
+
+
+def test_sd_models_open_with_dpmpp_2m_karras_and_every_catalog_sampler_exists(manager, tmp_path):
+    from studio.sampling import SCHEDULERS
+
+    samplers = [e["sampler"] for e in manager.catalog.sections["base"].values() if "sampler" in e]
+    assert samplers and all(name in SCHEDULERS for name in samplers)
+    assert manager.default_sampler("sd15") == "DPM++ 2M Karras"
+    (tmp_path / "my-model").mkdir()  # any other folder is taken for an SD 1.x model, and gets its sampler
+    assert manager.default_sampler(str(tmp_path / "my-model")) == "DPM++ 2M Karras"
+    assert manager.default_sampler("tiny") is None, "other families keep the tabs' own default"

@@ -4,6 +4,7 @@ from the outputs folder; limits name themselves; one job per session in a fair q
 
 import io
 import json
+import re
 import threading
 import time
 import zipfile
@@ -95,14 +96,14 @@ def test_every_image_input_refuses_a_bad_file_with_its_name_and_why(app_url, bad
                                           api_name="/sdedit"),
         "/control_preview": lambda: client.predict(handle_file(path), PREPROCESSORS["canny"].label, True, 64, 64, 64,
                                                    *KNOBS, api_name="/control_preview"),
-        "/restore_params": lambda: client.predict(handle_file(path), api_name="/restore_params"),
+        "/restore": lambda: client.predict(handle_file(path), api_name="/restore"),
     }
     for endpoint, call in calls.items():
         with pytest.raises(AppError) as error:
             call()
         message = str(error.value)
-        wanted = ("not a PNG", "carries no Diffusion Studio parameters", "far too large") \
-            if endpoint == "/restore_params" else \
+        wanted = ("not a PNG", "carries no parameters", "far too large") \
+            if endpoint == "/restore" else \
             (EXPECTED[kind],)
         assert any(w in message for w in wanted), (endpoint, message)
     answers_quickly(app_url)
@@ -118,7 +119,7 @@ def test_restore_refuses_damaged_or_incomplete_parameters(app_url, tmp_path):
         info.add_text("diffusion-studio", text)
         Image.new("RGB", (8, 8)).save(tmp_path / "p.png", pnginfo=info)
         with pytest.raises(AppError, match=wanted):
-            client.predict(handle_file(str(tmp_path / "p.png")), api_name="/restore_params")
+            client.predict(handle_file(str(tmp_path / "p.png")), api_name="/restore")
 
 
 def test_bad_classify_batches_and_templates_get_messages(public, tmp_path):
@@ -321,7 +322,7 @@ def test_a_closed_tab_takes_its_files_and_jobs_with_it(public):
         page.goto(url)
         page.locator("#gen-prompt textarea").fill("a red circle")
         page.locator("#gen-run").click()
-        page.locator("#gen-gallery img").first.wait_for(timeout=60_000)
+        page.locator("#gen-info").get_by_text(re.compile(r"^Seed \d")).wait_for(timeout=60_000)  # done
         session = next(s for s in ctx.sessions if s not in before)
         home = ctx.storage.home(ctx.sessions[session])
         assert any(home.glob("*.png"))

@@ -71,16 +71,6 @@ def test_detector_finds_nothing_on_a_blank_image_and_survives_noise():
     assert (best.colour, best.shape, best.position) == (spec.colour, spec.shape, spec.position)
 
 
-def test_a_decoy_changes_every_colour_word_and_nothing_else():
-    from studio.shapes.train import recolour
-
-    caption = "a small red circle on the left and a large blue star at the top, on a white background"
-    decoy = recolour(caption, np.random.default_rng(0))
-    pairs = [(a, b) for a, b in zip(caption.split(), decoy.split()) if a != b]
-    assert [a for a, _ in pairs] == ["red", "blue"], decoy
-    assert all(b in COLOURS and b != a for a, b in pairs), decoy
-
-
 @pytest.mark.slow
 def test_training_stages_run_resume_and_export(tmp_path):
     """Every stage of the training script, a few steps each, on a few scenes: resumable, exportable, loadable."""
@@ -104,8 +94,6 @@ def test_training_stages_run_resume_and_export(tmp_path):
     fresh = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "fresh"), "--init", str(tmp_path / "out")]
     main(["unet", "--steps", "6", *fresh])
     assert len((tmp_path / "fresh" / "unet.csv").read_text().splitlines()) == 2  # steps 4 and 5 only
-    # The decoy experiment runs too.
-    main(["unet", "--steps", "7", "--colour-decoy", "1", "--decoy-below", "500", *fresh])
     # ...and can re-export it untouched: the family's prediction type comes along with its weights.
     main(["export", "--work", str(tmp_path / "seeded"), "--init", str(tmp_path / "out"),
           "--out", str(tmp_path / "again")])

@@ -10,6 +10,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from studio.pnginfo import read_png
 from studio.trainer import TrainParams
 from tabs.train import SETTINGS
 
@@ -62,8 +63,15 @@ def test_train_watch_try_and_download(client):
     assert [d["caption"] for d in drift] == ["before · seed 0", "before · seed 1", "after · seed 0", "after · seed 1"]
     assert sorted(Path(path_of(f)).name for f in downloads) == ["app-job_kohya.safetensors",
                                                                 "pytorch_lora_weights.safetensors"]
-    images = client.predict("app-job", "a sks star", 1.0, api_name="/train_try")
+    trained = read_png(path_of(validation[0]["image"]))  # every validation image holds the job's settings
+    assert (trained.tab, trained.settings["name"], trained.settings["steps"]) == ("train", "app-job", 3)
+    assert trained.settings["instance_prompt"] == "a sks star" and trained.extra["step"] == 3
+    images = client.predict("app-job", "a sks star", 0.5, api_name="/train_try")
     assert len(images) == 4
+    tried = read_png(path_of(images[1]["image"]))  # a Generate recipe with the LoRA that made it
+    assert (tried.tab, tried.settings["seed"], tried.settings["prompt"]) == ("generate", 1, "a sks star")
+    assert [(lora["name"], lora["weight"]) for lora in tried.loras] == [("app-job", 0.5)]
+    assert "<lora:app-job:0.5>" in Image.open(path_of(images[1]["image"])).info["parameters"]
     check_the_header_applies_it_in_other_tabs(client, "app-job")
 
 

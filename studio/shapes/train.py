@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import random
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from studio.device import pick_device
 from studio.sampling import make_scheduler
-from studio.shapes.world import COLOURS, caption_for, sample_scene, vocabulary
+from studio.shapes.world import caption_for, sample_scene, vocabulary
 from studio.tiny import SD_SCHEDULER, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +63,6 @@ SCHEDULER_CONFIG = {**SD_SCHEDULER, "timestep_spacing": "trailing", "rescale_bet
                     "prediction_type": "v_prediction"}
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch that classifier-free guidance needs
 WORD_LOSS = 0.1  # weight of the text encoder's word loss (see `encode`)
-COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
 
 
 def canny(image: np.ndarray) -> np.ndarray:
@@ -91,11 +89,6 @@ class Scenes:
             shorten = random.Random(int(rng.integers(2**31))) if draw < 0.6 else None
             out.append("" if draw > 1 - CAPTION_DROPOUT else caption_for(*self.specs[i], shorten))
         return out
-
-
-def recolour(caption: str, rng: np.random.Generator) -> str:
-    """The caption with every colour word changed to another colour (the decoy of `encode`)."""
-    return COLOUR_WORD.sub(lambda m: str(rng.choice([c for c in COLOURS if c != m.group(0)])), caption)
 
 
 def _resume(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> int:
@@ -175,10 +168,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "models" / "shapes", help="where `export` writes")
     p.add_argument("--init", type=Path, help="continue from an exported family (models/shapes) when --work is empty")
     p.add_argument("--device")
-    p.add_argument("--colour-decoy", type=float, default=0.0,
-                   help="unet: share of captions read through a recoloured decoy (an experiment; see the model card)")
-    p.add_argument("--decoy-below", type=int, default=1000,
-                   help="unet: use the decoy only at timesteps below this (the first steps set the layout)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -221,9 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     words = sorted({i for caption in vocabulary() for i in tokenizer(caption).input_ids} - set(tokenizer("").input_ids))
     word_index = torch.full((len(tokenizer),), -100, device=device)  # token id -> class; -100: not a word
     word_index[words] = torch.arange(len(words), device=device)
-    colour_ids = torch.tensor([tokenizer(c).input_ids[1] for c in COLOURS], device=device)  # one token each
 
-    def encode(captions: list[str], decoys: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The UNet's context and the text encoder's own losses. With CLIP's causal mask the end token and every
         padding position after it see the whole prompt, and a UNet trained on those 70-odd copies of the sentence
         ignores the words (diffuse word maps, no positions). So from the end token on the UNet sees the empty prompt's
@@ -231,22 +219,14 @@ def main(argv: list[str] | None = None) -> None:
         diffusers pipeline; the words themselves are then the only place the UNet can read the prompt from.
         The word loss asks each word's output to still name that word (logits against the world's token embeddings):
         an encoder trained only through the UNet had let words the UNet did not use yet fade into each other ("top"
-        and "bottom" came out 0.1 apart, at norm 10.6), and then the UNet could never learn them.
-        `decoys` (same captions, colours changed; `--colour-decoy`) supply every token but the colour words: the noun
-        after "red" sees "red" through the causal mask, and the shipped UNet reads the colour there and ignores the
-        colour word's own token (Prompt-to-Prompt's reweighting of "red" does nothing). With a decoy the colour word
-        is the only true source. The decoy is detached: its gradient taught the encoder's words to ignore the words
-        before them, which broke DreamBooth. An experiment, not in the shipped recipe: see the model card."""
-        n = len(captions)
-        ids = tokenizer(["", *captions, *(decoys or [])], padding="max_length", max_length=77, truncation=True,
+        and "bottom" came out 0.1 apart, at norm 10.6), and then the UNet could never learn them."""
+        ids = tokenizer(["", *captions], padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt").input_ids.to(device)
         hidden = text_encoder(ids).last_hidden_state
-        null, decoy, hidden, ids = hidden[:1].detach(), hidden[1 + n:].detach(), hidden[1 : 1 + n], ids[1 : 1 + n]
+        null, hidden, ids = hidden[:1].detach(), hidden[1:], ids[1:]
         end = (ids == tokenizer.eos_token_id).int().argmax(1)  # the end token
         padding = (torch.arange(ids.shape[1], device=device)[None] >= end[:, None])[..., None]
         context = torch.where(padding, null, hidden)
-        if decoys:
-            context = torch.where(padding | torch.isin(ids, colour_ids)[..., None], context, decoy)
         padding_loss = ((hidden - null) ** 2 * padding).sum() / (padding.sum() * hidden.shape[-1])
         logits = hidden @ text_encoder.get_input_embeddings().weight[words].T
         word_loss = F.cross_entropy(logits.flatten(0, 1), word_index[ids].flatten(), ignore_index=-100)
@@ -269,10 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         def unet_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
             index = batch_index(rng)
             x_t, target, t = noisy(index.to(device))
-            captions = data.captions(index, rng)
-            decoys = [recolour(c, rng) if rng.random() < args.colour_decoy and step_t < args.decoy_below else c
-                      for c, step_t in zip(captions, t.tolist())] if args.colour_decoy else None
-            context, text_loss = encode(captions, decoys)
+            context, text_loss = encode(data.captions(index, rng))
             return F.mse_loss(unet(x_t, t, context).sample, target) + text_loss
 
         _loop("unet", args.work, {"unet": unet, "text_encoder": text_encoder},
