@@ -16,6 +16,7 @@ the empty latent's size). What the studio cannot use is listed in `notes`, never
 """
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -27,6 +28,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from studio.prompts import LORA_TAG
 from studio.sampling import SCHEDULERS
 
 KEY, INPUTS = "diffusion-studio", "diffusion-studio-inputs"
@@ -63,7 +65,14 @@ class Recipe:
 
 
 def file_hash(path: Path) -> str:
-    """A1111's "AutoV2" hash: the first 10 hex digits of the file's SHA-256."""
+    """A1111's "AutoV2" hash: the first 10 hex digits of the file's SHA-256; read once per version of the file
+    (every image a LoRA makes records its hash)."""
+    stat = Path(path).stat()
+    return _hash(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash(path: str, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -192,18 +201,15 @@ def _old_generate(name: str, meta: dict) -> Recipe:
     return Recipe("generate", settings, model=meta.get("model", ""))
 
 
-# A1111's LoRA tags, <lora:name> or <lora:name:weight>: here LoRAs are picked in the header, so they leave the prompt.
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?[^>]*>")
-
-
 def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """A1111's `<lora:name:weight>` tags taken out of a prompt: here LoRAs are picked in the header."""
     tags = []
-    for match in _LORA_TAG.finditer(prompt):
+    for match in LORA_TAG.finditer(prompt):
         try:
             tags.append((match[1].strip(), float(match[2] or 1)))
         except ValueError:
             tags.append((match[1].strip(), 1.0))
-    return re.sub(r"\s+(?=,)|(?<= ) +", "", _LORA_TAG.sub("", prompt)), tags
+    return re.sub(r"\s+(?=,)|(?<= ) +", "", LORA_TAG.sub("", prompt)), tags
 
 
 # A1111: "Key: value" pairs, a value quoted when it holds commas (our pattern, written from A1111's format).

@@ -40,7 +40,7 @@ SYNTAX = ("(word:1.3) or (word) weighs a word more, [word] less; \\( \\) are bra
 
 _WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")  # the ":1.5)" that closes a weighted group
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
-_LORA = re.compile(r"<lora:[^>]*>")  # <lora:name>, <lora:name:w>, <lora:name:w_te:w_unet>
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?[^>]*>")  # <lora:name>, <lora:name:w>, <lora:name:w_te:w_unet>
 _ESCAPED = "()[]\\"
 
 Token = tuple[int, float] | None  # (token id, weight), or None where BREAK ends a chunk
@@ -117,7 +117,7 @@ def escape(text: str) -> str:
 def prompt_tokens(tokenizer, prompt: str) -> list[Token]:
     """The prompt's token ids with their weights, in order, and None for each BREAK. Each
     fragment is tokenized on its own, as A1111 does, so weights never fall inside a token."""
-    if tag := _LORA.search(prompt):
+    if tag := LORA_TAG.search(prompt):
         raise ValueError(f"{tag[0]}: LoRA tags are not read from prompts here. Pick the LoRA and its scale in "
                          "\"LoRAs and embeddings\" at the top (it applies in every tab), and take the tag out of "
                          "the prompt.")

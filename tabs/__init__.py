@@ -392,7 +392,7 @@ class StudioContext:
     def restore(self, request: gr.Request | None, recipe: Recipe, form: "Form") -> dict[Any, Any]:
         """The values `form`'s components take from `recipe` (settings it does not name keep their values), its
         image inputs written out as files for this session."""
-        folder = Path(tempfile.gettempdir()) / "studio-restored" / hashlib.sha1(session(request).encode()).hexdigest()
+        folder = restored_inputs(request)
         folder.mkdir(parents=True, exist_ok=True)
 
         def image(ref: Any) -> str | None:
@@ -430,6 +430,7 @@ class StudioContext:
         self.loras.pop(key, None)
         self.previews.pop(key, None)
         self.embeddings.pop(key, None)
+        shutil.rmtree(restored_inputs(request), ignore_errors=True)
         owner = self.sessions.pop(key, None)
         if owner and owner.startswith("session:"):
             for (whose, _), job in list(self.training.items()):
@@ -437,6 +438,11 @@ class StudioContext:
                     job.cancel()
                     job.wait(60)  # its folder goes next: let it stop writing there first
             self.storage.forget(owner)
+
+
+def restored_inputs(request: gr.Request | None) -> Path:
+    """Where the input images of PNGs this session restored are written for its components (gone with it)."""
+    return Path(tempfile.gettempdir()) / "studio-restored" / hashlib.sha1(session(request).encode()).hexdigest()
 
 
 def session(request: gr.Request | None) -> str:

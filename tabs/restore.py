@@ -6,7 +6,7 @@ from typing import Any
 import gradio as gr
 
 from studio.pnginfo import TAB_NAMES, Recipe, read_png
-from tabs import StudioContext, session, user_errors
+from tabs import StudioContext, user_errors
 from tabs.loras import LoraBar
 
 
@@ -63,13 +63,10 @@ class RestoreBar:
         known = set(self.ctx.lora_names(request))
         found = [lora for lora in recipe.loras if lora["name"] in known][:len(self.loras.slots)]
         if recipe.loras:
-            for (name, scale), lora in zip(self.loras.slots, found + [None] * len(self.loras.slots)):
-                updates[name] = lora and lora["name"]
-                updates[scale] = lora["weight"] if lora else gr.skip()
-            self.ctx.loras[session(request)] = [(self.ctx.lora_path(request, lora["name"]), lora["weight"])
-                                                for lora in found]
-            missing = [lora["name"] for lora in recipe.loras if lora not in found]
-            updates[self.loras.active] = ("Applied in every tab: " + ", ".join(
-                f"**{lora['name']}** × {lora['weight']:g}" for lora in found) if found else "No LoRA applied.") + (
-                f" Not in your library: {', '.join(missing)}." if missing else "")
+            empty = [(None, 1.0)] * (len(self.loras.slots) - len(found))
+            picked = [(lora["name"], lora["weight"]) for lora in found] + empty
+            for (name, scale), (value, weight) in zip(self.loras.slots, picked):
+                updates[name], updates[scale] = value, weight if value else gr.skip()
+            # Applied through the header's own path, as if picked by hand (those missing are named in the summary).
+            updates[self.loras.active] = self.loras.pick(*(v for slot in picked for v in slot), request)
         return {**updates, self.tabs: gr.Tabs(selected=recipe.tab)}

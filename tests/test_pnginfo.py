@@ -252,3 +252,32 @@ def test_restore_names_the_tab_and_what_it_could_not_take(client, tmp_path):
     assert found["settings"]["seed"] == 1234 and found["tab"] == "generate"
     with pytest.raises(Exception, match="carries no parameters"):
         client.predict(handle_file(str(png_with(tmp_path / "plain.png"))), api_name="/restore")
+
+
+def test_restoring_a_png_picks_the_loras_it_names_that_this_owner_has(manager, tmp_path):
+    import gradio as gr
+
+    from studio.lora import METADATA, WEIGHTS
+    from tabs import StudioContext
+    from tabs.generate import GenerateTab
+    from tabs.loras import LoraBar
+    from tabs.restore import RestoreBar
+
+    (tmp_path / "loras" / "dog").mkdir(parents=True)
+    for name in (WEIGHTS, METADATA):
+        (tmp_path / "loras" / "dog" / name).write_text("{}")
+    ctx = StudioContext(manager, "tiny", tmp_path)
+    with gr.Blocks():
+        bar = LoraBar(ctx)
+        restore = RestoreBar(ctx, bar)
+        with gr.Tabs() as tabs:
+            generate = GenerateTab(ctx)
+        restore.wire(tabs)
+    recipe = from_infotext("a dog <lora:dog:0.6> <lora:cat:0.9>\nSteps: 8, Sampler: Euler, CFG scale: 3, Seed: 5, "
+                           "Size: 64x64")
+    updates = restore.apply(recipe, None)
+    assert updates[generate.prompt] == "a dog" and updates[generate.seed] == 5
+    assert (updates[bar.slots[0][0]], updates[bar.slots[0][1]]) == ("dog", 0.6)
+    assert updates[bar.slots[1][0]] is None, "cat is not in this library"
+    assert ctx.loras["api"] == [(tmp_path / "loras" / "dog", 0.6)], "applied for the session's next jobs"
+    assert "**dog** × 0.6" in updates[bar.active]
