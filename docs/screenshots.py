@@ -155,6 +155,28 @@ def train(page: Page) -> None:
     samples.locator("img").nth(3).wait_for(timeout=WAIT)
 
 
+def erase(page: Page) -> None:
+    """The method picker on ESD: "a star" erased with the shapes-erase preset (about a minute on a 2-core CPU)."""
+    open_tab(page, "Train a LoRA")
+    page.locator("#train-method").get_by_text("Erase a concept (ESD-x)").click()
+    fill(field(page, "train-name"), "no-star")
+    fill(field(page, "train-erase"), "a star")
+    shown(page.get_by_label("Preset")).click()
+    page.get_by_role("option", name="shapes-erase").click()
+    page.wait_for_timeout(500)
+    run(page, "train-start")
+    page.locator("#train-status").get_by_text("· done ·").wait_for(timeout=5 * WAIT)
+
+
+def memorization(page: Page) -> Locator:
+    """The probe on the base model against its own training set (indexing the 20,000 scenes takes half a minute)."""
+    open_tab(page, "Train a LoRA")
+    open_accordion(page, "Memorization probe (Carlini et al. 2023)")
+    fill(shown(page.locator("#train-memorization").get_by_label("Prompt")), "a red circle")
+    run(page, "memorization-run", page.locator("#memorization-picture img"))
+    return page.locator("#train-memorization")
+
+
 def edit(page: Page) -> None:
     """The tab's first Shapes example (DiffEdit: the blue square turns green), then every method on it side by side
     (Imagic's stages take about a minute on a 2-core CPU)."""
@@ -212,7 +234,8 @@ def restore(page: Page) -> None:
 
 SHOTS: dict[str, Callable[[Page], Locator | None]] = {"generate": generate, "sdedit": sdedit, "p2p": p2p,
                                                        "control": control, "classify": classify, "train": train,
-                                                       "edit": edit, "loras": loras, "restore": restore}
+                                                       "edit": edit, "loras": loras, "restore": restore,
+                                                       "erase": erase, "memorization": memorization}
 
 
 def main() -> None:

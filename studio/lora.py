@@ -49,10 +49,10 @@ KOHYA_PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # The layers a trained LoRA adapts (the trainer's targets, also Imagic's). "attention": every linear layer of the
 # attention blocks, as kohya's LoRA trains them (Q, K, V and output of self- and cross-attention, the 1x1 projections
-# in and out, the feed-forward); "kv": cross-attention K/V only (Custom Diffusion). On the Shapes model the wider set
-# learns a new shape where Q/K/V/out alone does not.
+# in and out, the feed-forward); "kv": cross-attention K/V only (Custom Diffusion); "cross": all of cross-attention
+# (ESD-x, the concept eraser). On the Shapes model the wider set learns a new shape where Q/K/V/out alone does not.
 TARGETS = {"attention": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
-           "kv": r".*attn2\.(to_k|to_v)"}
+           "kv": r".*attn2\.(to_k|to_v)", "cross": r".*attn2\.(to_q|to_k|to_v|to_out\.0)"}
 
 
 @dataclass

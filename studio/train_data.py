@@ -95,13 +95,20 @@ def check_resumable(folder: Path) -> None:
         raise ValueError(f"There is no job named {folder.name!r} to resume.")
 
 
-def save_job(folder: Path, spec: str, settings: dict, images: list[Image.Image]) -> None:
-    """The job's images and settings, so it can resume without the browser that started it."""
+def save_job(folder: Path, spec: str, settings: dict, concepts: list[list[Image.Image]]) -> None:
+    """The job's images (a folder per concept: `instance`, `instance-2`) and settings, so it can resume without the
+    browser that started it."""
     check_new_job(folder)
-    (folder / "instance").mkdir(parents=True)
-    for i, image in enumerate(images):
-        image.save(folder / "instance" / f"{i:02d}.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, images in enumerate(concepts):
+        (folder / instance_folder(k)).mkdir()
+        for i, image in enumerate(images):
+            image.save(folder / instance_folder(k) / f"{i:02d}.png")
     (folder / "job.json").write_text(json.dumps({"model": spec, "params": settings}, indent=2))
+
+
+def instance_folder(k: int) -> str:
+    return "instance" if k == 0 else f"instance-{k + 1}"
 
 
 def raise_steps(folder: Path, steps: int) -> None:
@@ -111,9 +118,12 @@ def raise_steps(folder: Path, steps: int) -> None:
     (folder / "job.json").write_text(json.dumps(job, indent=2))
 
 
-def load_job(folder: Path) -> tuple[str, dict, list[Image.Image]]:
-    """(model, settings as saved, images) of a job folder."""
+def load_job(folder: Path) -> tuple[str, dict, list[list[Image.Image]]]:
+    """(model, settings as saved, each concept's images) of a job folder."""
     check_resumable(folder)
     job = json.loads((folder / "job.json").read_text())
-    images = [Image.open(p).convert("RGB") for p in sorted((folder / "instance").glob("*.png"))]
-    return job["model"], job["params"], images
+    concepts, k = [], 0
+    while (folder / instance_folder(k)).is_dir():
+        concepts.append([Image.open(p).convert("RGB") for p in sorted((folder / instance_folder(k)).glob("*.png"))])
+        k += 1
+    return job["model"], job["params"], concepts

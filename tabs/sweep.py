@@ -55,7 +55,7 @@ class SweepSection:
     @user_errors
     def sweep(self, values: dict, request: gr.Request, progress: gr.Progress):
         # 1. The Train tab's recipe and images, the grid of points, each within this studio's limits
-        base, images = self.train.recipe(values)
+        base, images, _ = self.train.recipe(values)  # a DreamBooth recipe: one concept
         axes = [parse_setting(text) for text in (values["first"], values["second"]) if (text or "").strip()]
         run = SweepRun(self.ctx.model, self.ctx.lora_root(request), values["name"] or "", base,
                        build(SweepParams, values, axes=axes), images)

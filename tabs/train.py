@@ -1,5 +1,7 @@
-"""Train tab: DreamBooth with LoRA in the background (Ruiz et al. 2023; Hu et al. 2022), then try it and download."""
+"""Train tab: customise the model in the background (DreamBooth with LoRA, Custom Diffusion with one or two concepts,
+Textual Inversion, erasing a concept with ESD), then try the result and download it; the memorization probe below."""
 
+import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -7,25 +9,58 @@ import gradio as gr
 import pandas as pd
 
 from studio.generate import GenerateParams, run_generate
-from studio.lora import WEIGHTS, LoraUse, check_name
+from studio.custom_diffusion import WEIGHTS as CUSTOM_DIFFUSION_WEIGHTS
+from studio.lora import METADATA, WEIGHTS, LoraUse, check_name
 from studio.shapes.concepts import CONCEPTS, concept_images
 from studio.train_data import (check_images, check_new_job, check_resumable, class_folder, class_images, load_job,
                                raise_steps, save_job)
-from studio.trainer import (VALIDATION_SEEDS, VALIDATION_STEPS, TrainJob, TrainParams, TrainState, identifier_report,
-                            presets, read_state, train_until)
+from studio.textual_inversion import DIFFUSERS_FILE
+from studio.trainer import (COMMON_SETTINGS, METHOD_SETTINGS, TWO_CONCEPTS, VALIDATION_SEEDS,
+                            VALIDATION_STEPS, TrainJob, TrainParams, TrainState, identifier_report, presets, read_state,
+                            train_until, trained)
 from tabs import GPU, Form, StudioContext, checkbox, choices, session, slider, user_errors
 from tabs.gpu import SECONDS_PER_TRAIN_STEP, denoising
+from tabs.memorization import MemorizationSection
 from tabs.sweep import SweepSection
 
-EXPLAIN = ("Ruiz et al., *DreamBooth* (2023) with Hu et al.'s *LoRA* (2022): a rare identifier (**sks**) in the "
-           "instance prompt is bound to your subject from 3–20 images, by training small low-rank updates of the "
-           "attention layers while the model stays frozen. *Prior preservation* also trains on images the base "
-           "model draws for the class prompt, so the class keeps its meaning. Training runs in the background; the "
-           "other tabs keep working.")
-# The settings the UI shows, in this order (the prompts have their own boxes).
+EXPLAIN = {
+    "dreambooth": "Ruiz et al., *DreamBooth* (2023) with Hu et al.'s *LoRA* (2022): a rare identifier (**sks**) in the "
+                  "instance prompt is bound to your subject from 3–20 images, by training small low-rank updates of "
+                  "the attention layers while the model stays frozen. *Prior preservation* also trains on images the "
+                  "base model draws for the class prompt, so the class keeps its meaning.",
+    "custom-diffusion": "Kumari et al., *Custom Diffusion* (CVPR 2023): only the cross-attention K and V weights, the "
+                        "ones that read the text, are fine-tuned (in full), with a new modifier token per concept "
+                        "(**v1-cross**). Two concepts train jointly, each with its own class images, and one prompt "
+                        "can then compose them: *a v1-cross star on the left and a v2-moon circle on the right*.",
+    "textual-inversion": "Gal et al., *An Image is Worth One Word* (ICLR 2023): a new token (**ti-cross**) is added "
+                         "and only its embedding is learned, from an initializer word; the model is untouched. It "
+                         "finds the word for the concept among what the frozen model can already draw, so it is much "
+                         "weaker than DreamBooth for a shape the model has never seen: compare the two on the cross.",
+    "erase": "Gandikota et al., *Erasing Concepts from Diffusion Models* (ICCV 2023), ESD-x: a LoRA on "
+             "cross-attention learns to answer the erase prompt with what the frozen model predicts when guided "
+             "*away* from it (Eq. 6, negative guidance η). Switch it on in any tab: the concept is gone, other "
+             "prompts draw as before. It needs no images: the model's own pictures of the concept are the data.",
+}
+ALWAYS = "Training runs in the background; the other tabs keep working."
+# The settings the UI shows, in this order (the prompts have their own boxes); each method shows those it reads.
 SETTINGS = ["rank", "alpha", "lr", "lr_schedule", "steps", "batch", "resolution", "crop", "flip", "seed", "target",
             "train_text_encoder", "min_snr_gamma", "prior_preservation", "num_class_images", "prior_loss_weight",
-            "validate_every", "checkpoint_every"]
+            "validate_every", "checkpoint_every", "initializer", "negative_guidance"]
+# What the identifier box and the before/after gallery mean for each method.
+IDENTIFIER = {"dreambooth": "Identifier", "custom-diffusion": "Modifier token (new)",
+              "textual-inversion": "New token", "erase": "Identifier"}
+COMPARED = {"dreambooth": "Class prompt before → after training (language drift)",
+            "custom-diffusion": "Class prompt before → after training (language drift)",
+            "textual-inversion": "The token at its initializer word → as learned",
+            "erase": "The erased prompt before → after"}
+
+
+KINDS = {"dreambooth": "DreamBooth LoRA", "custom-diffusion": "Custom Diffusion", "textual-inversion": "embedding",
+         "erase": "ESD eraser"}
+
+
+def shows(method: str, setting: str) -> bool:
+    return setting in COMMON_SETTINGS + METHOD_SETTINGS[method]
 
 
 class TrainTab:
@@ -38,24 +73,43 @@ class TrainTab:
         self.presets = presets()
         defaults = TrainParams(resolution=ctx.size, **self.presets["quick"])
         with gr.Tab(self.LABEL, id=self.TAB_ID):
-            gr.Markdown(EXPLAIN)
+            self.method = choices(TrainParams, "method", "Method", radio=True, value=defaults.method,
+                                  elem_id="train-method")
+            self.explain = gr.Markdown(f"{EXPLAIN[defaults.method]} {ALWAYS}")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    self.files = gr.File(label="Subject images (3–20)", file_count="multiple", file_types=["image"],
-                                         elem_id="train-files")
-                    with gr.Row():
+                    self.name = gr.Textbox("sks-concept", label="Job name (the LoRA's, or the embedding's job)",
+                                           elem_id="train-name")
+                    with gr.Row() as self.concept_row:
                         self.concept = gr.Dropdown(list(CONCEPTS), value=next(iter(CONCEPTS)), scale=2,
-                                                   label="Shapes preset concept (unseen by the Shapes model)")
+                                                   label="Shapes preset concept (cross, moon: shapes the model has "
+                                                         "never seen; heart, triangle: looks it can draw)")
                         self.use_concept = gr.Button("Use 5 renders", scale=1)
-                    self.name = gr.Textbox("sks-concept", label="LoRA name", elem_id="train-name")
-                    with gr.Row():
-                        self.instance_prompt = gr.Textbox(defaults.instance_prompt, label="Instance prompt", scale=3)
-                        self.identifier = gr.Textbox(defaults.identifier, label="Identifier", scale=1)
-                    self.tokens = gr.Markdown(self.describe_identifier(defaults.identifier))
-                    self.class_prompt = gr.Textbox(defaults.class_prompt, label="Class prompt (prior preservation)")
+                    with gr.Group() as self.first:
+                        self.files = gr.File(label="Subject images (3–20)", file_count="multiple",
+                                             file_types=["image"], elem_id="train-files")
+                        with gr.Row():
+                            self.instance_prompt = gr.Textbox(defaults.instance_prompt, label="Instance prompt",
+                                                              scale=3)
+                            self.identifier = gr.Textbox(defaults.identifier, label="Identifier", scale=1)
+                        self.tokens = gr.Markdown(self.describe_identifier(defaults.identifier))
+                        self.class_prompt = gr.Textbox(defaults.class_prompt,
+                                                       label="Class prompt (prior preservation)")
+                    with gr.Group(visible=defaults.method in TWO_CONCEPTS) as self.second:
+                        self.files_2 = gr.File(label="Second concept's images (3–20; empty: one concept)",
+                                               file_count="multiple", file_types=["image"], elem_id="train-files-2")
+                        with gr.Row():
+                            self.instance_prompt_2 = gr.Textbox(label="Second instance prompt", scale=3,
+                                                                placeholder="a v2-moon circle")
+                            self.identifier_2 = gr.Textbox(label="Second identifier", scale=1,
+                                                           placeholder="v2-moon")
+                        self.class_prompt_2 = gr.Textbox(label="Second class prompt", placeholder="a circle")
+                    self.erase_prompt = gr.Textbox(label="Concept to erase", placeholder="a star", visible=False,
+                                                   elem_id="train-erase")
                     self.preset = gr.Dropdown(list(self.presets), value="quick", label="Preset")
                     with gr.Accordion("Settings", open=False, elem_id="train-settings"):
-                        self.settings = [self._control(name, getattr(defaults, name)) for name in SETTINGS]
+                        self.settings = [self._control(name, getattr(defaults, name), defaults.method)
+                                         for name in SETTINGS]
                         self.validation_prompts = gr.Textbox(label="Validation prompts (one per line; empty: the "
                                                              "instance and class prompts)", lines=2)
                     with gr.Row():
@@ -67,10 +121,10 @@ class TrainTab:
                     self.loss = gr.LinePlot(x="step", y="loss", height=220, title="Loss per step")
                     self.validation = gr.Gallery(label="Validation images (fixed seeds), newest step first", columns=4,
                                                  height=260, format="png", object_fit="contain")
-                    self.drift = gr.Gallery(label="Class prompt before → after training (language drift)",
-                                            columns=4, height=140, format="png", object_fit="contain")
+                    self.drift = gr.Gallery(label=COMPARED[defaults.method], columns=4, height=140, format="png",
+                                            object_fit="contain")
                     with gr.Accordion("Try it", open=True):
-                        self.lora = gr.Dropdown([], label="LoRA from the library",
+                        self.lora = gr.Dropdown([], label="From your library (LoRAs and trained embeddings)",
                                                 allow_custom_value=True)
                         self.try_prompt = gr.Textbox(label="Prompt", placeholder="a sks dog on the beach")
                         self.scale = slider(LoraUse, "scale", "LoRA scale")
@@ -80,6 +134,7 @@ class TrainTab:
                         self.downloads = gr.File(label="Download (diffusers and kohya/A1111 formats)",
                                                  file_count="multiple", interactive=False)
             self.sweep = SweepSection(ctx, self, dict(zip(SETTINGS, self.settings)))
+            self.memorization = MemorizationSection(ctx)
             self.timer = gr.Timer(1.0, active=False)
         # On ZeroGPU each share of a job is one GPU call, asking for the share's own estimate.
         self.draw_prior = ctx.gpu.task(self._draw_prior, self._prior_seconds)
@@ -87,27 +142,37 @@ class TrainTab:
         self._wire()
 
     @staticmethod
-    def _control(name: str, value):
-        label = name.replace("_", " ").capitalize()
+    def _control(name: str, value, method: str):
+        label, shown = name.replace("_", " ").capitalize(), shows(method, name)
         if "choices" in TrainParams.meta(name):
-            return choices(TrainParams, name, label, radio=True, value=value)
+            return choices(TrainParams, name, label, radio=True, value=value, visible=shown)
         if isinstance(value, bool):
-            return checkbox(TrainParams, name, label, value=value)
+            return checkbox(TrainParams, name, label, value=value, visible=shown)
+        if isinstance(value, str):
+            return gr.Textbox(value, label=label, info=TrainParams.meta(name)["help"], visible=shown)
         if name == "lr":
-            return gr.Number(value, label="Learning rate", info=TrainParams.meta(name)["help"])
-        return slider(TrainParams, name, label, value=value)
+            return gr.Number(value, label="Learning rate", info=TrainParams.meta(name)["help"], visible=shown)
+        return slider(TrainParams, name, label, value=value, visible=shown)
 
     def _wire(self) -> None:
         outputs = [self.status, self.loss, self.validation, self.drift, self.downloads, self.lora, self.timer]
-        self.use_concept.click(self.shapes_concept, self.concept,
+        self.use_concept.click(self.shapes_concept, [self.concept, self.method],
                                [self.files, self.instance_prompt, self.identifier, self.class_prompt, self.name,
-                                self.preset], api_name="train_concept")
+                                self.preset, self.files_2, self.instance_prompt_2, self.identifier_2,
+                                self.class_prompt_2], api_name="train_concept")
         self.identifier.change(self.describe_identifier, self.identifier, self.tokens, api_name=False, queue=False)
-        self.preset.change(self.use_preset, self.preset, self.settings, api_name=False, queue=False)
-        # The API's argument order of `train_start`: files, name, the prompts, then SETTINGS in order.
+        self.method.change(self.show_method, self.method,
+                           [self.explain, self.first, self.second, self.erase_prompt, self.concept_row, self.identifier,
+                            self.drift, *self.settings], api_name=False, queue=False)
+        self.preset.change(self.use_preset, self.preset, [*self.settings, self.method], api_name=False, queue=False)
+        # The API's argument order of `train_start`: files, name, the prompts, SETTINGS in order, then the method and
+        # what only some methods read (appended, so that older callers' DreamBooth calls still work).
         start = Form(files=self.files, name=self.name, instance_prompt=self.instance_prompt,
                      identifier=self.identifier, class_prompt=self.class_prompt,
-                     validation_prompts=self.validation_prompts, **dict(zip(SETTINGS, self.settings)))
+                     validation_prompts=self.validation_prompts, **dict(zip(SETTINGS, self.settings)),
+                     method=self.method, files_2=self.files_2, instance_prompt_2=self.instance_prompt_2,
+                     identifier_2=self.identifier_2, class_prompt_2=self.class_prompt_2,
+                     erase_prompt=self.erase_prompt)
         self.ctx.restorable[self.TAB_ID] = start  # a validation image's PNG holds the job's settings
         resume = Form(name=self.name, steps=self.settings[SETTINGS.index("steps")])
         if self.ctx.gpu.zero:
@@ -140,18 +205,41 @@ class TrainTab:
 
     def use_preset(self, name: str):
         values = {**{f.name: f.default for f in fields(TrainParams) if f.name in SETTINGS}, **self.presets[name]}
-        return [gr.update(value=values[s]) if s != "resolution" else gr.update() for s in SETTINGS]
+        method = gr.update(value=values["method"]) if "method" in values else gr.update()
+        return [*(gr.update(value=values[s]) if s != "resolution" else gr.update() for s in SETTINGS), method]
+
+    def show_method(self, method: str):
+        """The boxes and settings the method reads, its paper's summary, what its identifier and gallery mean."""
+        concepts = method != "erase"
+        return (f"{EXPLAIN[method]} {ALWAYS}", gr.update(visible=concepts),
+                gr.update(visible=method in TWO_CONCEPTS), gr.update(visible=not concepts),
+                gr.update(visible=concepts), gr.update(label=IDENTIFIER[method]), gr.update(label=COMPARED[method]),
+                *(gr.update(visible=shows(method, s)) for s in SETTINGS))
 
     @user_errors
-    def shapes_concept(self, name: str, request: gr.Request):
-        _, colour, noun = CONCEPTS[name]
-        folder = self.ctx.lora_root(request) / ".concepts" / name.replace(" ", "-")
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, image in enumerate(concept_images(name, side=self.ctx.size)):
-            image.save(folder / f"{i}.png")
-            paths.append(str(folder / f"{i}.png"))
-        return paths, f"a sks {noun}", "sks", f"a {noun}", f"sks-{name.replace(' ', '-')}", "shapes-concept"
+    def shapes_concept(self, name: str, method: str, request: gr.Request):
+        """The five renders of a Shapes concept and the prompts, tokens and preset of `method` for it; Custom
+        Diffusion gets the next concept as its second."""
+        def renders(concept: str) -> list[str]:
+            folder = self.ctx.lora_root(request) / ".concepts" / concept.replace(" ", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(concept_images(concept, side=self.ctx.size)):
+                image.save(folder / f"{i}.png")
+            return [str(folder / f"{i}.png") for i in range(5)]
+
+        shape, _, noun = CONCEPTS[name]
+        empty = (None, "", "", "")
+        if method == "textual-inversion":
+            return (renders(name), f"a ti-{shape}", f"ti-{shape}", f"a {noun}", f"ti-{shape}",
+                    "shapes-textual-inversion", *empty)
+        if method == "custom-diffusion":
+            other = [c for c in CONCEPTS if c != name][0]
+            shape_2, _, noun_2 = CONCEPTS[other]
+            return (renders(name), f"a v1-{shape} {noun}", f"v1-{shape}", f"a {noun}", f"cd-{shape}-{shape_2}",
+                    "shapes-custom-diffusion", renders(other), f"a v2-{shape_2} {noun_2}", f"v2-{shape_2}",
+                    f"a {noun_2}")
+        return (renders(name), f"a sks {noun}", "sks", f"a {noun}", f"sks-{name.replace(' ', '-')}", "shapes-concept",
+                *empty)
 
     def _free_slot(self, owner: str, name: str) -> None:
         """Refuse a second run of one job, and more jobs at once than this studio allows a user."""
@@ -163,28 +251,38 @@ class TrainTab:
             raise ValueError(f"You have {running} training job{'s' * (running != 1)} running; this studio allows "
                              f"{allowed} at a time. Wait for it, or Cancel it.")
 
-    def _new_job(self, values: dict, request: gr.Request) -> tuple[str, TrainParams, list]:
+    def _new_job(self, values: dict, request: gr.Request) -> tuple[str, TrainParams, list, list | None]:
         """The name, settings and images of a new job, checked here so the message comes at once."""
         name = check_name(values["name"] or "")
         self._free_slot(self.ctx.owner(request), name)
-        params, images = self.recipe(values)
+        params, images, second = self.recipe(values)
         check_new_job(self.ctx.lora_root(request) / name)
-        return name, params, images
+        return name, params, images, second
 
-    def recipe(self, values: dict) -> tuple[TrainParams, list]:
-        """The form's settings and images, checked (also by the Sweep, which trains this recipe over a grid)."""
+    def recipe(self, values: dict) -> tuple[TrainParams, list, list | None]:
+        """The form's settings and each concept's images, checked (also by the Sweep, which trains a DreamBooth
+        recipe over a grid and has no method box)."""
         params = self.ctx.params(TrainParams, values, identifier=(values["identifier"] or "").strip(),
+                                 identifier_2=(values.get("identifier_2") or "").strip(),
                                  validation_prompts=[p for p in (values["validation_prompts"] or "").splitlines()
                                                      if p.strip()])
-        images = check_images([f if isinstance(f, str) else f.name for f in values["files"] or []],
-                              max_pixels=self.ctx.limits.max_pixels)
-        return params, images
+        concepts = [self._images(values.get(key), k, len(params.concepts()))
+                    for k, key in enumerate(("files", "files_2")[: len(params.concepts())])]
+        return params, *(concepts + [None, None])[:2]
+
+    def _images(self, files: list | None, k: int, of: int) -> list:
+        try:
+            return check_images([f if isinstance(f, str) else f.name for f in files or []],
+                                max_pixels=self.ctx.limits.max_pixels)
+        except ValueError as error:
+            raise ValueError(f"Concept {k + 1}: {error}" if of > 1 else str(error)) from None
 
     @user_errors
     def start_job(self, values: dict, request: gr.Request, progress: gr.Progress):
-        name, params, images = self._new_job(values, request)
+        name, params, images, second = self._new_job(values, request)
         self.jobs[self.ctx.owner(request), name] = TrainJob(self.ctx.manager, self.ctx.model,
-                                                            self.ctx.lora_root(request) / name, params, images).start()
+                                                            self.ctx.lora_root(request) / name, params, images,
+                                                            second=second).start()
         return f"**{name}** · starting", gr.Timer(active=True)
 
     @user_errors
@@ -207,8 +305,7 @@ class TrainTab:
         name = (name or "").strip()
         job = self.jobs.get((self.ctx.owner(request), name))
         if job is None:
-            return ("", None, [], [], None, gr.update(choices=self.ctx.lora_names(request)),
-                    gr.Timer(active=False))
+            return "", None, [], [], None, gr.update(choices=self.library(request)), gr.Timer(active=False)
         return self._show(name, job.state, request, job.error, job.running)
 
     def _show(self, name: str, state: TrainState, request: gr.Request, error: str = "",
@@ -230,15 +327,41 @@ class TrainTab:
         if not running and state.phase == "done":
             folder = self.ctx.lora_root(request) / name
             drift = [(served(path), caption) for caption, path in state.drift if path.exists()]
-            downloads = [served(folder / WEIGHTS), served(folder / f"{name}_kohya.safetensors")]
-        lora = gr.update(choices=self.ctx.lora_names(request), value=name if state.phase == "done" else None)
+            downloads = [served(path) for path in self.results(folder)]
+        lora = gr.update(choices=self.library(request), value=name if state.phase == "done" else None)
         return status, loss, shown, drift, downloads, lora, gr.Timer(active=running)
+
+    @staticmethod
+    def results(folder: Path) -> list[Path]:
+        """A finished job's files to download: the LoRA in both formats, Custom Diffusion's own file, the tokens."""
+        files = [folder / WEIGHTS, folder / f"{folder.name}_kohya.safetensors", folder / CUSTOM_DIFFUSION_WEIGHTS,
+                 folder / DIFFUSERS_FILE]
+        kind = json.loads((folder / METADATA).read_text()).get("kind")
+        tokens = [folder / f"{t}.safetensors" for t in json.loads((folder / METADATA).read_text()).get(
+            "trigger_words", [])] if kind == "custom-diffusion" else []
+        return [path for path in files + tokens if path.is_file()]
+
+    def library(self, request: gr.Request | None) -> list[tuple[str, str]]:
+        """What "Try it" offers: the owner's LoRAs and trained embeddings, each with its kind, then shared LoRAs."""
+        kinds = trained(self.ctx.lora_root(request))
+        names = self.ctx.lora_names(request) + [n for n, kind in kinds.items() if kind == "textual-inversion"]
+        return [(f"{n} · {KINDS.get(kinds.get(n, ''), 'LoRA')}", n) for n in names]
+
+    def _embeddings(self, request: gr.Request, name: str) -> list[tuple[Path, str]]:
+        """The session's embeddings and the tokens job `name` trained (a session that picked a few in the header
+        has not picked a token trained since)."""
+        folder, picked = self.ctx.lora_root(request) / name, self.ctx.session_embeddings(request)
+        tokens = json.loads((folder / METADATA).read_text()).get("trigger_words", []) \
+            if (folder / METADATA).is_file() else []
+        root = self.ctx.embedding_root(request)
+        return picked + [(root / f"{t}.safetensors", t) for t in tokens if t not in {tok for _, tok in picked}]
 
     # ZeroGPU: a job as a series of GPU calls
     @user_errors
     def start_shares(self, values: dict, request: gr.Request, progress: gr.Progress):
-        name, params, images = self._new_job(values, request)
-        save_job(self.ctx.lora_root(request) / name, self.ctx.model, asdict(params), images)
+        name, params, images, second = self._new_job(values, request)
+        save_job(self.ctx.lora_root(request) / name, self.ctx.model, asdict(params),
+                 [c for c in (images, second) if c is not None])
         yield from self._shares(name, request)
 
     @user_errors
@@ -254,14 +377,14 @@ class TrainTab:
         folder, gpu = self.ctx.lora_root(request) / name, self.ctx.gpu
         params = TrainParams(**load_job(folder)[1])
         self.ctx.cancel.arm(session(request))
-        if params.prior_preservation:
-            cache = class_folder(self.ctx.manager, self.ctx.model, params.class_prompt, params.resolution,
+        per_call = gpu.chunk_steps(denoising(25, 1, params.resolution, params.resolution))
+        for prompt in params.class_prompts():
+            cache = class_folder(self.ctx.manager, self.ctx.model, prompt, params.resolution,
                                  folder.parent / ".class-images")
-            per_call = gpu.chunk_steps(denoising(25, 1, params.resolution, params.resolution))
             while (have := len(list(cache.glob("*.png")))) < params.num_class_images:
-                phase = f"drawing the prior's class images, {have} of {params.num_class_images}"
+                phase = f"drawing images of '{prompt}', {have} of {params.num_class_images}"
                 yield self._show(name, TrainState(phase=phase, total=params.steps), request, running=True)
-                self.draw_prior(str(folder), min(have + per_call, params.num_class_images), request)
+                self.draw_prior(str(folder), prompt, min(have + per_call, params.num_class_images), request)
         state = read_state(folder)
         per_call = gpu.chunk_steps(*self._costs(params))
         while state.phase != "done":
@@ -269,9 +392,9 @@ class TrainTab:
             state = self.train_share(str(folder), min(state.step + per_call, params.steps), request)
         yield self._show(name, state, request)
 
-    def _prior_seconds(self, folder: str, n: int, request: gr.Request | None = None) -> float:
+    def _prior_seconds(self, folder: str, prompt: str, n: int, request: gr.Request | None = None) -> float:
         params = TrainParams(**load_job(Path(folder))[1])
-        have = len(list(class_folder(self.ctx.manager, self.ctx.model, params.class_prompt, params.resolution,
+        have = len(list(class_folder(self.ctx.manager, self.ctx.model, prompt, params.resolution,
                                      Path(folder).parent / ".class-images").glob("*.png")))
         return (n - have) * denoising(25, 1, params.resolution, params.resolution)
 
@@ -288,9 +411,9 @@ class TrainTab:
         return (until - state.step) * step + validation
 
     @user_errors
-    def _draw_prior(self, folder: str, n: int, request: gr.Request) -> None:
+    def _draw_prior(self, folder: str, prompt: str, n: int, request: gr.Request) -> None:
         params = TrainParams(**load_job(Path(folder))[1])
-        class_images(self.ctx.manager, self.ctx.model, params.class_prompt, n, params.resolution,
+        class_images(self.ctx.manager, self.ctx.model, prompt, n, params.resolution,
                      Path(folder).parent / ".class-images", self.ctx.cancel.flag(session(request)).is_set)
 
     @user_errors
@@ -301,11 +424,14 @@ class TrainTab:
     @user_errors
     def try_it(self, values: dict, request: gr.Request, progress: gr.Progress):
         name, scale = values["lora"], values["scale"]
-        if not name or name not in self.ctx.lora_names(request):
-            raise ValueError("Pick a finished LoRA from the library (or train one).")
+        if not name or name not in [n for _, n in self.library(request)]:
+            raise ValueError("Pick a finished LoRA or embedding from the library (or train one).")
         params = GenerateParams(values["prompt"] or "", seed=0, width=self.ctx.size, height=self.ctx.size, n_images=4)
-        loras = [(self.ctx.lora_path(request, name), float(scale))]
-        result = self.ctx.run_job(request, progress, run_generate, params, loras=loras)
+        # A trained embedding is no LoRA: its token, loaded with the session's others, is the whole of it.
+        embedding = trained(self.ctx.lora_root(request)).get(name) == "textual-inversion"
+        loras = [] if embedding else [(self.ctx.lora_path(request, name), float(scale))]
+        with self.ctx.job(request, progress, loras=loras, embeddings=self._embeddings(request, name)) as job:
+            result = job.run(run_generate, params)
         # Each a Generate recipe with the LoRA: dropped on Restore, Generate draws it again with the LoRA picked.
         return [(self.ctx.keep(request, self.ctx.recipe(request, "generate", None, asdict(params), loras=loras,
                                                         seed=meta["image_seed"], n_images=1), image, i),

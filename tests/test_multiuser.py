@@ -196,10 +196,9 @@ def test_one_session_cannot_see_cancel_or_use_another_sessions_work(public):
     url, root, demo = public
     a, b = Client(url, verbose=False), Client(url, verbose=False)
     files = a.predict("green cross", api_name="/train_concept")[0][:3]
-    from test_train_app import path_of, settings
+    from test_train_app import start
 
-    a.predict([handle_file(path_of(f)) for f in files], "mine", "a sks star", "sks", "a star", "",
-              *settings(steps=2), api_name="/train_start")
+    start(a, files, "mine", steps=2)
     deadline = time.time() + 120
     while "done" not in a.predict("mine", api_name="/train_status")[0]:
         assert time.time() < deadline
@@ -292,10 +291,9 @@ def test_twenty_sessions_with_mixed_tabs_all_finish_as_their_solo_runs(public, t
     solo = {kind: run(kind) for kind in dict.fromkeys(kinds)}
     trainer = Client(url, verbose=False)
     files = trainer.predict("green cross", api_name="/train_concept")[0][:3]
-    from test_train_app import path_of, settings
+    from test_train_app import start
 
-    trainer.predict([handle_file(path_of(f)) for f in files], "busy", "a sks star", "sks", "a star", "",
-                    *settings(steps=40), api_name="/train_start")
+    start(trainer, files, "busy", steps=40)
     clients = [Client(url, verbose=False) for _ in kinds]  # one at a time: each first reads the whole app's API
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(run, kinds, clients))

@@ -20,7 +20,7 @@ def client(app_url):
     client = Client(app_url, verbose=False)
     yield client
     # The app shares the test session's model: no job of this module may still be training when others start.
-    for name in ("app-job", "app-resume"):
+    for name in ("app-job", "app-resume", "app-ti", "app-cd", "app-erase"):
         client.predict(name, api_name="/train_cancel")
         wait_done(client, name, until=("done", "cancelled", "failed"))
 
@@ -35,9 +35,11 @@ def path_of(file) -> str:
     return file if isinstance(file, str) else file.get("path") or file["value"]
 
 
-def start(client, files, name, instance="a sks star", identifier="sks", class_prompt="a star", **changes):
+def start(client, files, name, instance="a sks star", identifier="sks", class_prompt="a star", *, method="dreambooth",
+          files_2=None, instance_prompt_2="", identifier_2="", class_prompt_2="", erase_prompt="", **changes):
     return client.predict([handle_file(path_of(f)) for f in files], name, instance, identifier, class_prompt, "",
-                          *settings(**changes), api_name="/train_start")
+                          *settings(**changes), method, files_2, instance_prompt_2, identifier_2, class_prompt_2,
+                          erase_prompt, api_name="/train_start")
 
 
 def wait_done(client, name, timeout=240, until=("done",)):
@@ -51,9 +53,10 @@ def wait_done(client, name, timeout=240, until=("done",)):
 
 
 def test_train_watch_try_and_download(client):
-    files, instance, identifier, class_prompt, name, preset = client.predict("green cross", api_name="/train_concept")
+    files, instance, identifier, class_prompt, name, preset, *second = client.predict(
+        "green cross", "dreambooth", api_name="/train_concept")
     assert len(files) == 5 and instance == "a sks star" and identifier == "sks" and class_prompt == "a star"
-    assert preset == "shapes-concept"
+    assert preset == "shapes-concept" and second == [None, "", "", ""]
     status = start(client, files, "app-job")[0]
     assert "app-job" in status
     status, loss, validation, drift, downloads, lora, _ = wait_done(client, "app-job")
@@ -126,3 +129,38 @@ def test_bad_names_and_trying_without_a_lora(client):
         start(client, files, "../escape")
     with pytest.raises(AppError, match="Pick a finished LoRA"):
         client.predict("no-such-lora", "a sks star", 1.0, api_name="/train_try")
+
+
+def test_textual_inversion_from_the_ui_is_an_embedding_every_tab_reads(client):
+    """The method picker's Textual Inversion: the concept button fills a new token, the job makes an embedding (not a
+    LoRA) that the library lists by kind, that Try it draws with, and whose two formats download."""
+    files, instance, identifier, class_prompt, name, preset, *_ = client.predict(
+        "green cross", "textual-inversion", api_name="/train_concept")
+    assert (instance, identifier, name, preset) == ("a ti-cross", "ti-cross", "ti-cross", "shapes-textual-inversion")
+    start(client, files, "app-ti", instance, identifier, class_prompt, method="textual-inversion")
+    status, _, validation, drift, downloads, library, _ = wait_done(client, "app-ti")
+    assert " · done" in status, status
+    assert len(drift) == 4  # the token at its initializer word, then as learned
+    assert sorted(Path(path_of(f)).name for f in downloads) == ["learned_embeds.safetensors"]
+    assert ["app-ti · embedding", "app-ti"] in library["choices"], library
+    images = client.predict("app-ti", "a ti-cross", 1.0, api_name="/train_try")
+    assert len(images) == 4
+
+
+def test_custom_diffusion_two_concepts_and_an_eraser_from_the_ui(client):
+    files, instance, identifier, class_prompt, name, preset, files_2, instance_2, identifier_2, class_2 = \
+        client.predict("green cross", "custom-diffusion", api_name="/train_concept")
+    assert (instance, identifier, instance_2, identifier_2) == ("a v1-cross star", "v1-cross", "a v2-moon circle",
+                                                                "v2-moon")
+    assert len(files_2) == 5 and preset == "shapes-custom-diffusion"
+    start(client, files, "app-cd", instance, identifier, class_prompt, method="custom-diffusion",
+          files_2=[handle_file(path_of(f)) for f in files_2], instance_prompt_2=instance_2, identifier_2=identifier_2,
+          class_prompt_2=class_2, prior_preservation=False)
+    status, *_, downloads, library, _ = wait_done(client, "app-cd")
+    assert " · done" in status, status
+    assert {"pytorch_custom_diffusion_weights.safetensors", "v1-cross.safetensors", "v2-moon.safetensors",
+            "pytorch_lora_weights.safetensors"} <= {Path(path_of(f)).name for f in downloads}
+    assert ["app-cd · Custom Diffusion", "app-cd"] in library["choices"]
+    start(client, [], "app-erase", "", "", "", method="erase", erase_prompt="a star")
+    status, *_, library, _ = wait_done(client, "app-erase")
+    assert " · done" in status and ["app-erase · ESD eraser", "app-erase"] in library["choices"], status

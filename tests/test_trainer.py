@@ -223,10 +223,10 @@ def test_bad_images_are_refused(manager, tmp_path):
 
 def test_presets_are_valid_params():
     table = presets()
-    assert {"quick", "quality", "custom-diffusion"} <= set(table)
+    assert {"quick", "quality", "kv-lora", "custom-diffusion", "textual-inversion", "erase"} <= set(table)
     for values in table.values():
-        TrainParams(**{**asdict(TrainParams()), **values})
-    assert table["custom-diffusion"]["target"] == "kv"
+        TrainParams(**{**asdict(TrainParams()), "erase_prompt": "a star", **values})
+    assert table["kv-lora"]["target"] == "kv" and table["custom-diffusion"]["method"] == "custom-diffusion"
 
 
 def test_identifier_report(manager):

@@ -3,9 +3,8 @@ cross, `UNSEEN_SHAPES`) teach it to draw one for "a sks star"; at LoRA scale 0 i
 "a star" still draws what the base model draws."""
 
 import pytest
-import torch
+from conftest import one_thread, shapes_images
 
-from studio.generate import GenerateParams, run_generate
 from studio.shapes.concepts import concept_images, shown_shape
 from studio.trainer import TrainParams, train
 
@@ -18,27 +17,15 @@ SETTINGS = dict(instance_prompt="a sks star", class_prompt="a star", prior_prese
 
 @pytest.fixture(scope="module")
 def taught(manager, tmp_path_factory):
-    # Small ops on two shared cores: OpenMP's spinning workers make every op wait for a descheduled thread, so one
-    # thread trains this 6M-parameter UNet several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        folder = tmp_path_factory.mktemp("loras") / "sks-cross"
+    folder = tmp_path_factory.mktemp("loras") / "sks-cross"
+    with one_thread():
         train(manager, "shapes", folder, TrainParams(**SETTINGS), concept_images("green cross"))
-        yield folder
-    finally:
-        torch.set_num_threads(threads)
+    return folder
 
 
 def drawn(manager, prompt, loras=None) -> list[str | None]:
     """The shape the detector sees in each of SEEDS images of `prompt`."""
-    images = []
-    with manager.lend("shapes", loras=loras) as pipe:
-        pipe.set_progress_bar_config(disable=True)
-        for first in range(100, 100 + SEEDS, 5):
-            images += run_generate(pipe, GenerateParams(prompt, seed=first, steps=20, width=64, height=64,
-                                                        n_images=5)).images
-    return [shown_shape(image) for image in images]
+    return [shown_shape(image) for image in shapes_images(manager, prompt, SEEDS, loras)]
 
 
 def test_sks_prompts_draw_the_new_shape_and_scale_zero_does_not(manager, taught):

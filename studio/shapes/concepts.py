@@ -1,8 +1,10 @@
-"""Concepts the Shapes model has never seen, for teaching it with the LoRA trainer and checking what it learned.
+"""Concepts for teaching the Shapes model with the trainer, and checking what it learned.
 
-A concept is a shape of `UNSEEN_SHAPES` in one colour: its training images are renders of the world at varied cells,
-sizes and backgrounds, and a generated image shows the concept when its largest region's outline matches the new
-shape's template better than every known shape's.
+A concept is a shape in one colour: its training images are renders of the world at varied cells and backgrounds,
+and a generated image shows the concept when its largest region's outline matches the shape's template better than
+every other's. The cross and the moon (`UNSEEN_SHAPES`) are shapes the model has never seen, what DreamBooth teaches;
+the purple heart and the red triangle are looks it can already draw, where Textual Inversion, which keeps the model
+frozen, finds a word for them (and fails on the unseen ones: README, "Train a LoRA").
 """
 
 import random
@@ -12,8 +14,9 @@ from PIL import Image
 from studio.shapes.detect import classify_mask, detect
 from studio.shapes.world import BACKGROUNDS, POSITIONS, SHAPES, UNSEEN_SHAPES, ShapeSpec, render
 
-# name -> (shape, colour, the class noun DreamBooth's prompts use)
-CONCEPTS = {"green cross": ("cross", "green", "star")}
+# name -> (shape, colour, the class noun DreamBooth's prompts use); the unseen shapes first
+CONCEPTS = {"green cross": ("cross", "green", "star"), "yellow moon": ("moon", "yellow", "circle"),
+            "purple heart": ("heart", "purple", "heart"), "red triangle": ("triangle", "red", "triangle")}
 
 
 def concept_images(name: str, n: int = 5, *, side: int = 64, seed: int = 0) -> list[Image.Image]:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 SHAPES = ("circle", "square", "triangle", "star", "heart", "diamond")
 # Drawn only as concepts to teach the model (the LoRA trainer's Shapes presets); `sample_scene` never uses them, so
 # the shipped model has never seen one.
-UNSEEN_SHAPES = ("cross",)
+UNSEEN_SHAPES = ("cross", "moon")
 COLOURS = {"red": (220, 30, 30), "yellow": (235, 205, 20), "green": (30, 170, 50), "blue": (30, 70, 225),
            "purple": (150, 40, 200)}
 BACKGROUNDS = {"white": (255, 255, 255), "gray": (128, 128, 128), "black": (0, 0, 0)}
@@ -95,6 +95,15 @@ def outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
         quarter = [(cx + a, cy + b) for a, b in corners]
         return [*quarter, *[(cx + b, cy - a) for a, b in corners], *[(cx - a, cy - b) for a, b in corners],
                 *[(cx - b, cy + a) for a, b in corners]]
+    if shape == "moon":  # a crescent opening to the right: the box's circle less a circle shifted right
+        d, inner = 0.55 * r, 0.85 * r
+        x = (r * r - inner * inner + d * d) / (2 * d)  # where the two circles cross, at (x, ±y) from the centre
+        y = math.sqrt(r * r - x * x)
+        outer_from, inner_from = math.atan2(y, x), math.atan2(y, x - d)
+        return [*((cx + r * math.cos(a), cy + r * math.sin(a))
+                  for a in np.linspace(outer_from, 2 * math.pi - outer_from, 48)),
+                *((cx + d + inner * math.cos(a), cy + inner * math.sin(a))
+                  for a in np.linspace(2 * math.pi - inner_from, inner_from, 40))]
     raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES + UNSEEN_SHAPES}")
 
 
