@@ -227,9 +227,10 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
           images: list | None = None, *, second: list | None = None, resume: bool = False,
           state: TrainState | None = None, should_stop: StopFn | None = None, embeddings: Path | None = None) -> Path:
     """Train `params.method` into `folder` and return it (a library entry). `images` are the concept's, `second` the
-    second concept's (Custom Diffusion); ESD needs none. A new token goes to the embedding library `embeddings`
-    (by default `<home>/embeddings` beside `<home>/loras/<job>`). With `resume`, the job's saved images and settings
-    are used (`params` may only raise `steps`) and training continues from the latest checkpoint.
+    second concept's (Custom Diffusion, or DreamBooth on merged data); ESD needs none. A new token goes to the
+    embedding library `embeddings` (by default `<home>/embeddings` beside `<home>/loras/<job>`). With `resume`, the
+    job's saved images and settings are used (`params` may only raise `steps`) and training continues from the latest
+    checkpoint.
     Raises `Cancelled` (after saving a checkpoint) and `TrainingDiverged`."""
     # 1. Inputs: a new job saves its images and settings in its folder; a resumed one reads them back
     state = state or TrainState()
