@@ -36,6 +36,17 @@ def check_images(images: list[Image.Image | str | Path], max_pixels: int = MAX_P
     return out
 
 
+def check_concepts(concepts: list[list | None], max_pixels: int = MAX_PIXELS) -> list[list[Image.Image]]:
+    """`check_images` for each concept's images; with several concepts a message says which one."""
+    checked = []
+    for k, images in enumerate(concepts):
+        try:
+            checked.append(check_images(images or [], max_pixels))
+        except ValueError as error:
+            raise ValueError(f"Concept {k + 1}: {error}" if len(concepts) > 1 else str(error)) from None
+    return checked
+
+
 def views(image: Image.Image, resolution: int, crop: str, flip: bool, generator: torch.Generator) -> list[Image.Image]:
     """Augmented copies: shorter side scaled to `resolution`, a centre crop or RANDOM_CROPS random ones, and their
     mirror images with `flip`."""

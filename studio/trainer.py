@@ -49,7 +49,7 @@ from studio.pnginfo import Recipe, save_png
 from studio.prompts import encode_text, plain_text
 from studio.sampling import seed_field, txt2img
 from studio.textual_inversion import NewTokens
-from studio.train_data import check_images, class_images, encode_views, load_job, save_job
+from studio.train_data import check_concepts, class_images, encode_views, load_job, save_job
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets" / "train.yaml"
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -241,8 +241,7 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         params = TrainParams(**{**saved, "steps": max(saved["steps"], params.steps if params else 0)})
     else:
         params = params or TrainParams()
-        concepts = [_concept_images(i, given, len(params.concepts()))
-                    for i, given in enumerate([images, second][: len(params.concepts())])]
+        concepts = check_concepts([images, second][: len(params.concepts())])
         _check_tokens(manager.base(spec), params, embeddings, folder)
         save_job(folder, spec, asdict(params), concepts)
     pipe = manager.base(spec)
@@ -419,13 +418,6 @@ class Trainables:
                                               if k.startswith(f"{i}.")}, adapter_name=self.name)
         if self.tokens:
             self.tokens.vectors.data.copy_(weights["tokens"])
-
-
-def _concept_images(index: int, images: list | None, of: int) -> list:
-    try:
-        return check_images(images or [])
-    except ValueError as error:
-        raise ValueError(f"Concept {index + 1}: {error}" if of > 1 else str(error)) from None
 
 
 def _check_tokens(pipe: Any, params: TrainParams, embeddings: Path, folder: Path) -> None:

@@ -12,7 +12,7 @@ from studio.generate import GenerateParams, run_generate
 from studio.custom_diffusion import WEIGHTS as CUSTOM_DIFFUSION_WEIGHTS
 from studio.lora import METADATA, WEIGHTS, LoraUse, check_name
 from studio.shapes.concepts import CONCEPTS, concept_images
-from studio.train_data import (check_images, check_new_job, check_resumable, class_folder, class_images, load_job,
+from studio.train_data import (check_concepts, check_new_job, check_resumable, class_folder, class_images, load_job,
                                raise_steps, save_job)
 from studio.textual_inversion import DIFFUSERS_FILE
 from studio.trainer import (COMMON_SETTINGS, METHOD_SETTINGS, TWO_CONCEPTS, VALIDATION_SEEDS,
@@ -266,16 +266,10 @@ class TrainTab:
                                  identifier_2=(values.get("identifier_2") or "").strip(),
                                  validation_prompts=[p for p in (values["validation_prompts"] or "").splitlines()
                                                      if p.strip()])
-        concepts = [self._images(values.get(key), k, len(params.concepts()))
-                    for k, key in enumerate(("files", "files_2")[: len(params.concepts())])]
+        concepts = check_concepts([[f if isinstance(f, str) else f.name for f in values.get(key) or []]
+                                   for key in ("files", "files_2")[: len(params.concepts())]],
+                                  max_pixels=self.ctx.limits.max_pixels)
         return params, *(concepts + [None, None])[:2]
-
-    def _images(self, files: list | None, k: int, of: int) -> list:
-        try:
-            return check_images([f if isinstance(f, str) else f.name for f in files or []],
-                                max_pixels=self.ctx.limits.max_pixels)
-        except ValueError as error:
-            raise ValueError(f"Concept {k + 1}: {error}" if of > 1 else str(error)) from None
 
     @user_errors
     def start_job(self, values: dict, request: gr.Request, progress: gr.Progress):
@@ -336,9 +330,9 @@ class TrainTab:
         """A finished job's files to download: the LoRA in both formats, Custom Diffusion's own file, the tokens."""
         files = [folder / WEIGHTS, folder / f"{folder.name}_kohya.safetensors", folder / CUSTOM_DIFFUSION_WEIGHTS,
                  folder / DIFFUSERS_FILE]
-        kind = json.loads((folder / METADATA).read_text()).get("kind")
-        tokens = [folder / f"{t}.safetensors" for t in json.loads((folder / METADATA).read_text()).get(
-            "trigger_words", [])] if kind == "custom-diffusion" else []
+        metadata = json.loads((folder / METADATA).read_text())
+        tokens = [folder / f"{t}.safetensors" for t in metadata.get("trigger_words", [])] \
+            if metadata.get("kind") == "custom-diffusion" else []
         return [path for path in files + tokens if path.is_file()]
 
     def library(self, request: gr.Request | None) -> list[tuple[str, str]]:
