@@ -35,6 +35,13 @@ from tabs.train import TrainTab
 # shapes may be.
 CSS = (".studio-image img { width: 100%; height: 100%; object-fit: contain; }\n"
        ".thumbnail-item div.caption-label { font-size: 10px; padding: 0 4px; opacity: 0.75; }")
+# The Shapes model's 64x64 pictures shown at gallery size: upscaled with crisp pixels instead of a smear
+CRISP_SMALL_IMAGES = """<script>
+document.addEventListener("load", (event) => {
+  const img = event.target;
+  if (img.tagName === "IMG") img.style.imageRendering = img.naturalWidth <= 128 ? "pixelated" : "";
+}, true);
+</script>"""
 DEFAULT_MODEL = "shapes"  # the studio's own offline model; `tiny` is for tests
 PERSISTENT = Path("/data")  # a Hugging Face Space's persistent storage, when it has some
 QUEUE = 32  # requests that may wait at once
@@ -247,7 +254,8 @@ def launch_settings(args: argparse.Namespace, where: Deployment) -> dict:
     limit = where.limits.max_upload_mb
     return dict(server_name=args.host, server_port=args.port, share=args.share, auth=logins(args),
                 auth_message="Log in with the name and password your teacher gave you." if args.classroom else None,
-                max_file_size=f"{limit:g}mb" if limit else None, theme=gr.themes.Soft(), css=CSS)
+                max_file_size=f"{limit:g}mb" if limit else None, theme=gr.themes.Soft(), css=CSS,
+                head=CRISP_SMALL_IMAGES)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,8 +64,8 @@ TOKEN_METHODS = ("custom-diffusion", "textual-inversion")  # their identifiers a
 # baseline the paper compares it with)
 TWO_CONCEPTS = ("custom-diffusion", "dreambooth")
 # The settings each method reads, beyond those all read (COMMON_SETTINGS): what the Train tab shows for it.
-COMMON_SETTINGS = ["lr", "lr_schedule", "steps", "batch", "resolution", "seed", "min_snr_gamma", "validate_every",
-                   "checkpoint_every"]
+COMMON_SETTINGS = ["lr", "lr_schedule", "steps", "batch", "resolution", "seed", "min_snr_gamma", "ema_decay",
+                   "validate_every", "checkpoint_every"]
 METHOD_SETTINGS = {
     "dreambooth": ["rank", "alpha", "crop", "flip", "target", "train_text_encoder", "prior_preservation",
                    "num_class_images", "prior_loss_weight"],
@@ -119,6 +119,8 @@ class TrainParams(Params):
     target: str = choice("attention", TARGET_LABELS, "Which layers get LoRA updates.")
     train_text_encoder: bool = False
     min_snr_gamma: float = ranged(0.0, 0, 20, 0.5, "γ of min-SNR weighting (5 in the paper); 0 turns it off.")
+    ema_decay: float = ranged(0.0, 0, 0.9999, 0.0001, "Save the moving average of the trained weights over about "
+                              "the last 1/(1 − decay) steps instead of the last step's (0: off). Steadier results.")
     validate_every: int = ranged(100, 0, 5000, 10, "Draw the validation prompts every N steps (0: start and end).")
     validation_prompts: list[str] = field(default_factory=list)  # empty: the instance and class prompts
     checkpoint_every: int = ranged(250, 0, 5000, 10, "Save a resumable checkpoint every N steps (0: only on cancel).")
@@ -301,7 +303,7 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
                                  num_training_steps=params.steps)
         amp = device.type == "cuda" and dtype == torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        job = Trainables(models, name, tokens)
+        job = Trainables(models, name, tokens, WeightAverage(trainable, params.ema_decay) if params.ema_decay else None)
         start = _load_checkpoint(folder, params, job, optimizer, schedule, scaler, generator, state) if resume else 0
         if start == 0:
             _validate(manager, spec, folder, params, layers, job, 0, state)
@@ -332,6 +334,8 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.step()
+                if job.average:
+                    job.average.update(step)
             state.step = step + 1
             state.losses.append((step + 1, value))
             log.write(json.dumps({"step": step + 1, "loss": value, "lr": schedule.get_last_lr()[0]}) + "\n")
@@ -344,6 +348,8 @@ def train(manager: ModelManager, spec: str, folder: Path, params: TrainParams | 
         # 5. The library entry: the LoRA in both formats (and Custom Diffusion's own), new tokens into the embedding
         # library, metadata, the last validation (the compared prompt before and after, same seeds)
         state.phase = "saving"
+        if job.average:
+            job.average.copy_to()
         _validate(manager, spec, folder, params, layers, job, params.steps, state)
         state.drift = drift_pairs(folder, params)
         source = manager.resolve(spec)
@@ -403,6 +409,7 @@ class Trainables:
     models: list
     name: str
     tokens: NewTokens | None
+    average: "WeightAverage | None" = None
 
     def tokens_on(self, pipe: Any) -> Any:
         return self.tokens.applied(pipe) if self.tokens else nullcontext()
@@ -410,7 +417,8 @@ class Trainables:
     def state_dict(self) -> dict[str, torch.Tensor]:
         weights = {f"{i}.{k}": v.contiguous() for i, m in enumerate(self.models)
                    for k, v in get_peft_model_state_dict(m, adapter_name=self.name).items()}
-        return weights | ({"tokens": self.tokens.vectors.detach().contiguous()} if self.tokens else {})
+        averaged = {f"ema.{i}": s.contiguous() for i, s in enumerate(self.average.shadow)} if self.average else {}
+        return weights | averaged | ({"tokens": self.tokens.vectors.detach().contiguous()} if self.tokens else {})
 
     def load_state_dict(self, weights: dict[str, torch.Tensor]) -> None:
         for i, model in enumerate(self.models):
@@ -418,6 +426,32 @@ class Trainables:
                                               if k.startswith(f"{i}.")}, adapter_name=self.name)
         if self.tokens:
             self.tokens.vectors.data.copy_(weights["tokens"])
+        if self.average:
+            for i, shadow in enumerate(self.average.shadow):
+                shadow.copy_(weights[f"ema.{i}"])
+
+
+class WeightAverage:
+    """An exponential moving average of the trained weights, with diffusers' EMAModel warm-up (the decay at step t
+    is min(decay, (1 + t) / (10 + t))). A short run with a constant learning rate ends wherever its last noisy steps
+    left it: on Shapes the preset's 1,000 steps drew the cross in 8 to 15 of 20 samples over training seeds 0-5. The
+    average over its last ~1/(1 − decay) steps is what the last validation draws and the job saves (the validations
+    along the way show the current weights); checkpoints carry it, so a resumed job averages on."""
+
+    def __init__(self, weights: list[torch.Tensor], decay: float):
+        self.weights, self.decay = weights, decay
+        self.shadow = [w.detach().clone() for w in weights]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for shadow, weight in zip(self.shadow, self.weights):
+            shadow.lerp_(weight.detach(), 1 - decay)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for shadow, weight in zip(self.shadow, self.weights):
+            weight.copy_(shadow)
 
 
 def _check_tokens(pipe: Any, params: TrainParams, embeddings: Path, folder: Path) -> None:

@@ -44,8 +44,9 @@ EXPLAIN = {
 ALWAYS = "Training runs in the background; the other tabs keep working."
 # The settings the UI shows, in this order (the prompts have their own boxes); each method shows those it reads.
 SETTINGS = ["rank", "alpha", "lr", "lr_schedule", "steps", "batch", "resolution", "crop", "flip", "seed", "target",
-            "train_text_encoder", "min_snr_gamma", "prior_preservation", "num_class_images", "prior_loss_weight",
-            "validate_every", "checkpoint_every", "initializer", "negative_guidance"]
+            "train_text_encoder", "min_snr_gamma", "ema_decay", "prior_preservation", "num_class_images",
+            "prior_loss_weight", "validate_every", "checkpoint_every", "initializer", "negative_guidance"]
+LABELS = {"ema_decay": "EMA decay (saves the weights' moving average)"}
 # What the identifier box and the before/after gallery mean for each method.
 IDENTIFIER = {"dreambooth": "Identifier", "custom-diffusion": "Modifier token (new)",
               "textual-inversion": "New token", "erase": "Identifier"}
@@ -143,7 +144,7 @@ class TrainTab:
 
     @staticmethod
     def _control(name: str, value, method: str):
-        label, shown = name.replace("_", " ").capitalize(), shows(method, name)
+        label, shown = LABELS.get(name, name.replace("_", " ").capitalize()), shows(method, name)
         if "choices" in TrainParams.meta(name):
             return choices(TrainParams, name, label, radio=True, value=value, visible=shown)
         if isinstance(value, bool):

@@ -98,11 +98,12 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def app_url(manager: ModelManager, tmp_path_factory: pytest.TempPathFactory):
     """The real app on 127.0.0.1, as `python app.py` builds it, with the tiny model."""
-    from app import build_app, queued
+    from app import CRISP_SMALL_IMAGES, CSS, build_app, queued
 
     outputs = tmp_path_factory.mktemp("outputs")
     demo = build_app(manager, "tiny", outputs)
     port = free_port()
-    queued(demo).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    queued(demo).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+                        head=CRISP_SMALL_IMAGES)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

@@ -39,6 +39,9 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, app_url):
     page.locator("#gen-run").click()
     page.locator("#gen-info").get_by_text(re.compile(r"^Seed \d")).wait_for(timeout=60_000)  # done
     page.locator("#gen-gallery img").first.wait_for(timeout=10_000)
+    page.wait_for_function("() => document.querySelector('#gen-gallery img').complete")
+    rendering = page.locator("#gen-gallery img").first.evaluate("img => getComputedStyle(img).imageRendering")
+    assert rendering == "pixelated", "a small picture is enlarged with crisp pixels, not smeared"
     shot(page, "generate")
     page.get_by_role("button", name="Send to SDEdit ➜").click()
     sdedit_prompt = page.locator("#sdedit-prompt textarea, #sdedit-prompt input").first

@@ -7,7 +7,6 @@ from statistics import median
 
 import pytest
 from conftest import one_thread
-from test_trainer_shapes import SETTINGS
 
 from studio.memorization import ImageSet, MemorizationParams, WorldIndex, run_memorization
 from studio.shapes.concepts import concept_images
@@ -15,8 +14,10 @@ from studio.trainer import TrainParams, train
 
 pytestmark = pytest.mark.slow
 SEEDS = 20
-# The DreamBooth test's recipe without what keeps it general: the prior and the mirrored views.
-OVERFIT = dict(SETTINGS, prior_preservation=False, flip=False)
+# A DreamBooth LoRA without what keeps it general: no prior, no mirrored views, no weight average.
+OVERFIT = dict(instance_prompt="a sks star", class_prompt="a star", resolution=64, steps=1000, lr=1e-3, rank=16,
+               alpha=16, train_text_encoder=True, min_snr_gamma=5, flip=False, validate_every=0, checkpoint_every=0,
+               validation_prompts=["a sks star"])
 
 
 @pytest.fixture(scope="module")

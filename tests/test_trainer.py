@@ -133,6 +133,23 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_to_the_same_lora(manager
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resume continues the same run"
 
 
+def test_weight_average_is_what_gets_saved_and_a_resume_keeps_it(manager, tmp_path):
+    """With `ema_decay` the saved LoRA is the moving average of the steps' weights: the same trajectory as a run
+    without it (same seed), but lagging behind it (LoRA's B starts at zero and grows, so the average is smaller);
+    and a cancelled, resumed run saves the same average as a straight one."""
+    train(manager, "tiny", tmp_path / "last", params(steps=6), subject())
+    state = TrainState()
+    with pytest.raises(Cancelled):
+        train(manager, "tiny", tmp_path / "cut", params(steps=6, checkpoint_every=2, ema_decay=0.9), subject(),
+              state=state, should_stop=lambda: state.step >= 3)
+    train(manager, "tiny", tmp_path / "cut", resume=True)
+    train(manager, "tiny", tmp_path / "straight", params(steps=6, ema_decay=0.9), subject())
+    last, cut, straight = (load_file(tmp_path / name / WEIGHTS) for name in ("last", "cut", "straight"))
+    assert all(torch.allclose(cut[k], straight[k], atol=1e-6) for k in straight), "resume keeps the average"
+    ups = [k for k in last if "lora_B" in k or "lora_up" in k]
+    assert ups and sum(straight[k].norm() for k in ups) < 0.98 * sum(last[k].norm() for k in ups)
+
+
 def test_resume_can_add_steps(manager, tmp_path):
     train(manager, "tiny", tmp_path / "job", params(steps=2, checkpoint_every=2), subject())
     state = TrainState()

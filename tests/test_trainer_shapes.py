@@ -6,12 +6,12 @@ import pytest
 from conftest import one_thread, shapes_images
 
 from studio.shapes.concepts import concept_images, shown_shape
-from studio.trainer import TrainParams, train
+from studio.trainer import TrainParams, presets, train
 
 pytestmark = pytest.mark.slow
 SEEDS = 20
-SETTINGS = dict(instance_prompt="a sks star", class_prompt="a star", prior_preservation=True, num_class_images=10,
-                resolution=64, steps=1000, lr=1e-3, rank=16, alpha=16, train_text_encoder=True, min_snr_gamma=5,
+# The Train tab's preset for Shapes concepts, as a user picks it (without its validation and checkpoints)
+SETTINGS = dict(presets()["shapes-concept"], instance_prompt="a sks star", class_prompt="a star", resolution=64,
                 validate_every=0, checkpoint_every=0, validation_prompts=["a sks star"])
 
 
@@ -29,12 +29,12 @@ def drawn(manager, prompt, loras=None) -> list[str | None]:
 
 
 def test_sks_prompts_draw_the_new_shape_and_scale_zero_does_not(manager, taught):
-    """Measured on CPU with this recipe (seed 0, one thread): 14 of 20 crosses, 0 at scale 0. On the zero-SNR Shapes
-    model the outcome varies between training runs: 3 to 19 of 20 over training seeds 0/1 and learning rates 1e-3/2e-3,
-    and 4 of 20 for this same recipe run on two threads (summation order alone changes it)."""
+    """Measured on CPU with the preset (2,000 steps, weights averaged; one thread): 18 of 20 crosses for training
+    seed 0 and 15 to 20 over seeds 0-5, 0 at scale 0. The preset before (1,000 steps, the last step's weights) drew
+    14 on seed 0 and 8 to 15 over seeds 0-5, so the bar of 15 tells the two apart."""
     with_lora = drawn(manager, "a sks star", [(taught, 1.0)])
     at_zero = drawn(manager, "a sks star", [(taught, 0.0)])
-    assert with_lora.count("cross") >= 0.5 * SEEDS, with_lora
+    assert with_lora.count("cross") >= 0.75 * SEEDS, with_lora
     assert at_zero.count("cross") <= 0.2 * SEEDS, at_zero
 
 
