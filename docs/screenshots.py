@@ -139,14 +139,14 @@ def classify(page: Page) -> None:
 
 
 def train(page: Page) -> None:
-    """The preset concept as the preset sets it (2,000 steps, the weights averaged; about eight minutes on a 2-core CPU,
+    """The preset concept as the preset sets it (2,000 steps, the weights averaged; about 13 minutes on a 2-core CPU,
     with a fresh --outputs folder), then tried with "a sks star"."""
     open_tab(page, "Train a LoRA")
     page.get_by_role("button", name="Use 5 renders").click()
     page.locator("#train-files tr").nth(4).wait_for(timeout=WAIT)
     page.locator("#train-settings").get_by_text("Settings").first.click()
     run(page, "train-start")
-    page.locator("#train-status").get_by_text("· done ·").wait_for(timeout=6 * WAIT)
+    page.locator("#train-status").get_by_text("· done ·").wait_for(timeout=10 * WAIT)
     fill(shown(page.get_by_label("Prompt", exact=True)), "a sks star")
     page.get_by_role("button", name="Generate with the LoRA").click()
     samples = page.locator(".block").filter(has_text="With the LoRA (seeds 0–3)").last
