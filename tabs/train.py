@@ -46,7 +46,7 @@ ALWAYS = "Training runs in the background; the other tabs keep working."
 SETTINGS = ["rank", "alpha", "lr", "lr_schedule", "steps", "batch", "resolution", "crop", "flip", "seed", "target",
             "train_text_encoder", "min_snr_gamma", "ema_decay", "prior_preservation", "num_class_images",
             "prior_loss_weight", "validate_every", "checkpoint_every", "initializer", "negative_guidance"]
-LABELS = {"ema_decay": "EMA decay (saves the weights' moving average)"}
+LABELS = {"lr": "Learning rate", "ema_decay": "EMA decay (saves the weights' moving average)"}
 # What the identifier box and the before/after gallery mean for each method.
 IDENTIFIER = {"dreambooth": "Identifier", "custom-diffusion": "Modifier token (new)",
               "textual-inversion": "New token", "erase": "Identifier"}
@@ -152,7 +152,7 @@ class TrainTab:
         if isinstance(value, str):
             return gr.Textbox(value, label=label, info=TrainParams.meta(name)["help"], visible=shown)
         if name == "lr":
-            return gr.Number(value, label="Learning rate", info=TrainParams.meta(name)["help"], visible=shown)
+            return gr.Number(value, label=label, info=TrainParams.meta(name)["help"], visible=shown)
         return slider(TrainParams, name, label, value=value, visible=shown)
 
     def _wire(self) -> None:
