@@ -14,7 +14,7 @@ import gradio as gr
 from studio.batch import Cluster
 from studio.device import describe
 from studio.limits import FLAGS, Limits
-from studio.models import ModelManager
+from studio.models import INSTRUCT, ModelManager
 from tabs import Deployment, StudioContext, wire_send_to
 from tabs.batch import ClusterRuns
 from tabs.classify import ClassifyTab
@@ -26,6 +26,7 @@ from tabs.gpu import GpuPolicy
 from tabs.loras import LoraBar
 from tabs.p2p import P2PTab
 from tabs.restore import RestoreBar
+from tabs.ip2p import IP2PTab
 from tabs.sdedit import SDEditTab
 from tabs.settings import SettingsBar
 from tabs.train import TrainTab
@@ -47,7 +48,7 @@ PERSISTENT = Path("/data")  # a Hugging Face Space's persistent storage, when it
 QUEUE = 32  # requests that may wait at once
 # A ZeroGPU Space has a GPU for real pictures: SD1.5 and the control models its front matter preloads
 # (deploy/zerogpu.md), unless its variables say otherwise.
-ZEROGPU_DEFAULTS = {"STUDIO_MODEL": "sd15", "STUDIO_PRELOAD": "controlnet-canny"}
+ZEROGPU_DEFAULTS = {"STUDIO_MODEL": "sd15", "STUDIO_PRELOAD": "controlnet-canny,instruct-pix2pix"}
 LIMIT_FLAGS = [("max_steps", int, "denoising steps per image"), ("max_side", int, "width and height, in pixels"),
                ("max_images", int, "images per request"), ("max_train_steps", int, "steps of a training job"),
                ("max_upload_mb", float, "size of an uploaded file"), ("max_pixels", int, "pixels of an uploaded image"),
@@ -103,8 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where generated PNGs and trained LoRAs are saved ($STUDIO_OUTPUTS; default /data/outputs "
                         "on a Space with persistent storage, else outputs/)")
     p.add_argument("--preload", default=env("STUDIO_PRELOAD", ""), metavar="NAMES",
-                   help="comma-separated ControlNets/T2I-Adapters to load at start-up with the model (always done "
-                        "on ZeroGPU, where work cannot load models; $STUDIO_PRELOAD)")
+                   help="comma-separated ControlNets, T2I-Adapters or InstructPix2Pix models to load at start-up "
+                        "with the model (always done on ZeroGPU, where work cannot load models; $STUDIO_PRELOAD)")
     p.add_argument("--preview-every", type=int, metavar="N", default=int(env("STUDIO_PREVIEW_EVERY", "5")),
                    help="live previews every N denoising steps, each visitor may change it; 0: off "
                         "($STUDIO_PREVIEW_EVERY)")
@@ -194,7 +195,7 @@ def logins(args: argparse.Namespace) -> Callable[[str, str], bool] | None:
 
 def build_app(manager: ModelManager, model: str, outputs: Path, gpu: GpuPolicy | None = None,
               where: Deployment | None = None, cluster: Cluster | None = None, preview_every: int = 5) -> gr.Blocks:
-    takes_images = (SDEditTab, P2PTab, EditTab, ControlTab, ClassifyTab)
+    takes_images = (SDEditTab, P2PTab, EditTab, IP2PTab, ControlTab, ClassifyTab)
     ctx = StudioContext(manager, model, outputs, send_to={tab.TAB_ID: tab.LABEL for tab in takes_images},
                         gpu=gpu or GpuPolicy(),
                         deployment=where or Deployment(), cluster=ClusterRuns(cluster) if cluster else None,
@@ -215,6 +216,7 @@ def build_app(manager: ModelManager, model: str, outputs: Path, gpu: GpuPolicy |
             SDEditTab(ctx)
             P2PTab(ctx)
             EditTab(ctx)
+            IP2PTab(ctx)
             ControlTab(ctx)
             ClassifyTab(ctx)
             TrainTab(ctx)
@@ -238,7 +240,8 @@ def start_manager(args: argparse.Namespace, gpu: GpuPolicy, where: Deployment | 
     if gpu.zero or preload:
         manager.base(args.model)
         for name in preload:
-            manager.component(name)
+            instruct = (manager.catalog.find(name) or ("",))[0] == INSTRUCT
+            (manager.instruct_unet if instruct else manager.component)(name)
     return manager
 
 

@@ -27,7 +27,8 @@ FLAVOURS = {"cpu": ROOT / "README.md", "zerogpu": ROOT / "deploy" / "zerogpu.md"
 def tracked_files() -> list[str]:
     """The repository's files as git has them (so nothing made locally, outputs or checkpoints, is pushed)."""
     listing = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    return [f for f in listing.splitlines() if not f.startswith(LEFT_OUT) and (ROOT / f).is_file()]
+    return [f for f in listing.splitlines()
+            if not f.startswith(LEFT_OUT) and ((ROOT / f).is_file() or (ROOT / f).is_symlink())]
 
 
 def requirements(flavour: str) -> str:
@@ -46,7 +47,7 @@ def make_space(flavour: str, out: Path) -> Path:
         raise SystemExit(f"{out} is not empty: give a new folder.")
     for name in tracked_files():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, out / name)
+        shutil.copy2(ROOT / name, out / name, follow_symlinks=False)  # a link stays one (models/shapes/ip2p)
     shutil.copy2(FLAVOURS[flavour], out / "README.md")
     (out / "requirements.txt").write_text(requirements(flavour))
     return out

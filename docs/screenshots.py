@@ -185,6 +185,14 @@ def edit(page: Page) -> None:
     page.locator("#edit-info").get_by_role("cell", name="Prompt-to-Prompt").first.wait_for(timeout=WAIT)
 
 
+def ip2p(page: Page) -> None:
+    """The tab's first Shapes example (the red star made blue), then the guidance grid of the same edit."""
+    open_tab(page, "InstructPix2Pix")
+    run(page, "ip2p-run", page.locator("#ip2p-result img").first, page.locator("#ip2p-info").get_by_text("seed"))
+    page.locator("#ip2p-grid-run").click()
+    page.locator("#ip2p-grid img").nth(15).wait_for(timeout=2 * WAIT)
+
+
 def loras(page: Page) -> Locator:
     """The LoRAs accordion after adding a kohya-format LoRA for the Shapes model (zero weights, kohya's tag metadata):
     its format, base model, rank and trigger words. The shot is of the accordion alone."""
@@ -232,7 +240,8 @@ def restore(page: Page) -> None:
 
 SHOTS: dict[str, Callable[[Page], Locator | None]] = {"generate": generate, "sdedit": sdedit, "p2p": p2p,
                                                        "control": control, "classify": classify, "train": train,
-                                                       "edit": edit, "loras": loras, "restore": restore,
+                                                       "edit": edit, "ip2p": ip2p, "loras": loras,
+                                                       "restore": restore,
                                                        "erase": erase, "memorization": memorization}
 
 

@@ -27,7 +27,7 @@ import torch
 import yaml
 import huggingface_hub.constants
 from huggingface_hub import hf_hub_download
-from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, T2IAdapter
+from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline, T2IAdapter, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 from transformers import CLIPTokenizer
 
@@ -45,6 +45,7 @@ SD15_CONFIG = Path(__file__).resolve().parent / "assets" / "sd15"
 CATALOG_PATH = ROOT / "presets" / "models.yaml"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 COMPONENT_CLASSES = {"controlnet": ControlNetModel, "t2i_adapter": T2IAdapter}
+INSTRUCT = "instruct_pix2pix"  # the catalog section of InstructPix2Pix models: a UNet that reads the input image
 DEFAULT_FAMILY = "sd15"  # what a model not in the catalog is taken for
 
 ProgressFn = Callable[[float, str], None]
@@ -100,6 +101,11 @@ class Catalog:
     def controls(self, family: str) -> list[str]:
         """The ControlNets, then the T2I-Adapters, made for base models of `family` (their `base`, default sd15)."""
         return [name for section in COMPONENT_CLASSES for name, entry in self.sections.get(section, {}).items()
+                if entry.get("base", DEFAULT_FAMILY) == family]
+
+    def instruct_models(self, family: str) -> list[str]:
+        """The InstructPix2Pix models made for base models of `family`."""
+        return [name for name, entry in self.sections.get(INSTRUCT, {}).items()
                 if entry.get("base", DEFAULT_FAMILY) == family]
 
 
@@ -347,9 +353,10 @@ class ModelManager:
         """Human-readable names of what is in memory, least recently used first."""
         return [f"{k[2]} ({e.nbytes / 2**20:.0f} MiB)" for k, e in self._cache.items()]
 
-    def _from_pretrained(self, cls: Any, source: ModelSource, on_progress: ProgressFn | None) -> Any:
-        """Load from cache or disk first; touch the network only when allowed and reachable, and fail fast if not."""
-        kwargs: dict[str, Any] = dict(dtype=self.dtype, use_safetensors=None if self.allow_pickle else True)
+    def _from_pretrained(self, cls: Any, source: ModelSource, on_progress: ProgressFn | None, **extra: Any) -> Any:
+        """Load from cache or disk first; touch the network only when allowed and reachable, and fail fast if not.
+        `extra` goes to `from_pretrained` (a `subfolder`)."""
+        kwargs: dict[str, Any] = dict(dtype=self.dtype, use_safetensors=None if self.allow_pickle else True, **extra)
         if source.revision:
             kwargs["revision"] = source.revision
         if source.fp16_variant and self.dtype == torch.float16:
@@ -439,6 +446,28 @@ class ModelManager:
         cls = COMPONENT_CLASSES[section]
         source = self.resolve(spec)
         return self._cached(self._key(source, section), lambda: self._from_pretrained(cls, source, on_progress))
+
+    def instruct_unet(self, spec: str, *, on_progress: ProgressFn | None = None) -> UNet2DConditionModel:
+        """The cached UNet of an InstructPix2Pix model (catalog name, pipeline folder or Hub id): the one part that
+        differs from its base model, whose VAE and text encoder it shares. Lend it with
+        `lend(base, StableDiffusionInstructPix2PixPipeline, unet=...)`."""
+        source = self.resolve(spec)
+        if source.kind == "single_file":
+            raise ModelUnavailable(f"{Path(spec).name}: an InstructPix2Pix model must be a diffusers folder or a Hub "
+                                   "id (its UNet in unet/).")
+
+        def load() -> UNet2DConditionModel:
+            unet = self._from_pretrained(UNet2DConditionModel, source, on_progress, subfolder="unet")
+            if unet.config.in_channels != unet.config.out_channels + 4:
+                raise ModelUnavailable(f"{source.name} is not an InstructPix2Pix model: its UNet reads "
+                                       f"{unet.config.in_channels} channels, not the image latent's 4 more.")
+            return unet.requires_grad_(False)
+
+        return self._cached(self._key(source, INSTRUCT), load)
+
+    def instruct_models_for(self, spec: str) -> list[str]:
+        """Catalog InstructPix2Pix models that fit the base model `spec`."""
+        return self.catalog.instruct_models(self.family(spec))
 
     def component_kind(self, spec: str) -> str:
         """"controlnet" or "t2i_adapter", from the catalog section or a folder's config.json."""

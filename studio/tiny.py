@@ -13,11 +13,14 @@ from diffusers import (
     AutoencoderKL,
     ControlNetModel,
     PNDMScheduler,
+    StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
     T2IAdapter,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from studio.ip2p import widen_conv_in
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
 
@@ -60,18 +63,28 @@ def build_tiny_adapter(unet: UNet2DConditionModel) -> T2IAdapter:
                       downscale_factor=8, adapter_type="full_adapter")
 
 
+def build_tiny_ip2p(pipe: StableDiffusionPipeline) -> StableDiffusionInstructPix2PixPipeline:
+    """An InstructPix2Pix pipeline over the tiny model's VAE and text encoder: its UNet widened as the paper
+    initialises one, with random weights on the image channels too, so that the input image matters."""
+    unet = widen_conv_in(pipe.unet)
+    with torch.no_grad():
+        unet.conv_in.weight[:, pipe.unet.config.in_channels:].normal_(0, 0.05)
+    return StableDiffusionInstructPix2PixPipeline(**{**pipe.components, "unet": unet})
+
+
 def save_tiny_family(root: Path, seed: int = 0) -> Path:
-    """Write `root/sd`, `root/controlnet` and `root/t2i-adapter` as safetensors; returns `root`."""
+    """Write `root/sd`, `root/controlnet`, `root/t2i-adapter` and `root/ip2p` as safetensors; returns `root`."""
     pipe = build_tiny_sd(seed)
     root.mkdir(parents=True, exist_ok=True)
     build_tiny_controlnet(pipe.unet).save_pretrained(root / "controlnet")
     build_tiny_adapter(pipe.unet).save_pretrained(root / "t2i-adapter")
+    build_tiny_ip2p(pipe).save_pretrained(root / "ip2p")
     # The pipeline goes last: its model_index.json marks the family as complete for `ensure_tiny_family`.
     pipe.save_pretrained(root / "sd")
     return root
 
 
 def ensure_tiny_family(root: Path) -> Path:
-    if not (root / "sd" / "model_index.json").exists():
+    if not all((root / part / "model_index.json").exists() for part in ("sd", "ip2p")):  # ip2p came later
         save_tiny_family(root)
     return root

@@ -279,12 +279,13 @@ class StudioContext:
     @contextmanager
     def job(self, request: gr.Request | None, progress: gr.Progress, *,
             loras: list[tuple[Path, float]] | None = None,
-            embeddings: list[tuple[Path, str]] | None = None) -> Iterator[Job]:
+            embeddings: list[tuple[Path, str]] | None = None, lend: dict[str, Any] | None = None) -> Iterator[Job]:
         """The one path of every GPU handler: this session's turn on the GPU (one job per session, first come first
         served, its place in the line on the progress bar), its stop flag (armed afresh, also checked inside each
         denoising step, and set by the studio's time limit), the model lent with `loras` or else the LoRAs this
         session picked in the header, and with its embeddings (`session_embeddings`) unless `embeddings` is given,
-        loading shown on the progress bar; the job's warnings become toasts."""
+        loading shown on the progress bar; the job's warnings become toasts. `lend`: what else `ModelManager.lend`
+        takes (another pipeline class and its components: InstructPix2Pix's UNet)."""
         key = session(request)
         stop = self.cancel.arm(key)
         loras = self.loras.get(key, []) if loras is None else loras
@@ -299,7 +300,7 @@ class StudioContext:
                 return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
 
             with self.manager.lend(self.model, loras=loras, embeddings=embeddings,
-                                   on_progress=lambda f, what: progress(f, desc=what)) as pipe:
+                                   on_progress=lambda f, what: progress(f, desc=what), **(lend or {})) as pipe:
                 job = Job(pipe, should_stop, progress)
                 try:
                     with interruptible(blocks(pipe), should_stop):
@@ -325,14 +326,15 @@ class StudioContext:
         return self.previews.get(session(request), self.preview_every)
 
     def stream(self, request: gr.Request | None, progress: gr.Progress, work: Callable[[Job], Any], *,
-               loras: list[tuple[Path, float]] | None = None) -> Iterator[tuple[list[Any] | None, Any]]:
+               loras: list[tuple[Path, float]] | None = None,
+               lend: dict[str, Any] | None = None) -> Iterator[tuple[list[Any] | None, Any]]:
         """`work(job)` as one job with live previews, for handlers that yield: (pictures, None) every few steps of
         the session's preview interval, then (None, what `work` returned). `work` runs in a worker thread (with this
         request's context, so its progress and warnings still reach this page) while this generator hands each
         preview to Gradio as it comes. With previews off, just the result."""
         every = self.preview_interval(request)
         if not every:
-            with self.job(request, progress, loras=loras) as job:
+            with self.job(request, progress, loras=loras, lend=lend) as job:
                 result = work(job)
             yield None, result
             return
@@ -341,7 +343,7 @@ class StudioContext:
 
         def run() -> None:
             try:
-                with self.job(request, progress, loras=loras) as job:
+                with self.job(request, progress, loras=loras, lend=lend) as job:
                     job.show_previews(shown.put, every)
                     outcome["result"] = work(job)
             except BaseException as error:  # re-raised in the handler's thread, where Gradio shows it

@@ -185,12 +185,17 @@ def test_pick_a_shapes_concept_train_a_few_steps_and_see_the_loss(page, app_url)
     shot(page, "train")
 
 
-def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
+def generate_and_send(page, app_url, tab: str) -> None:
+    """Generate "a red circle on the left" and press the result's "Send to <tab>"."""
     page.goto(app_url)
     page.locator("#gen-prompt textarea").fill("a red circle on the left")
     page.locator("#gen-run").click()
     page.locator("#gen-info").get_by_text(re.compile(r"^Seed \d")).wait_for(timeout=60_000)
-    page.get_by_role("button", name="Send to Edit a real image ➜").click()
+    page.get_by_role("button", name=f"Send to {tab} ➜").click()
+
+
+def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
+    generate_and_send(page, app_url, "Edit a real image")
     caption = page.locator("#edit-caption textarea")
     playwright.expect(caption).to_have_value("a red circle on the left", timeout=10_000)
     assert page.get_by_role("tab", name="Edit a real image").get_attribute("aria-selected") == "true"
@@ -202,6 +207,18 @@ def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
     page.locator("#edit-run").click()  # the same image, caption and steps: the inversion is reused
     page.locator("#edit-info").get_by_text("DDIM inversion reused").wait_for(timeout=60_000)
     shot(page, "edit")
+
+
+def test_send_a_generated_image_to_instruct_pix2pix_edit_it_and_see_the_grid(page, app_url):
+    generate_and_send(page, app_url, "InstructPix2Pix")
+    assert page.get_by_role("tab", name="InstructPix2Pix").get_attribute("aria-selected") == "true"
+    page.locator("#ip2p-instruction textarea").fill("make the circle blue")
+    page.locator("#ip2p-run").click()
+    page.locator("#ip2p-info").get_by_text("“make the circle blue”").wait_for(timeout=60_000)
+    assert page.locator("#ip2p-result img").count() == 2, "before and after, on the slider"
+    page.locator("#ip2p-grid-run").click()
+    playwright.expect(page.locator("#ip2p-grid img")).to_have_count(16, timeout=120_000)
+    shot(page, "ip2p")
 
 
 def test_drop_a_png_on_restore_and_its_tab_opens_with_its_settings(page, app_url, tmp_path):

@@ -152,7 +152,9 @@ def test_each_space_flavour_builds_from_its_folder(flavour, tmp_path):
     import app
 
     for name in app.ZEROGPU_DEFAULTS["STUDIO_PRELOAD"].split(","):  # what the Space loads at start-up is preloaded
-        assert catalog["controlnet"].get(name, catalog["t2i_adapter"].get(name))["repo"] in preloaded
+        entry = next(catalog[section][name] for section in ("controlnet", "t2i_adapter", "instruct_pix2pix")
+                     if name in catalog[section])
+        assert entry["repo"] in preloaded
     assert catalog["base"][app.ZEROGPU_DEFAULTS["STUDIO_MODEL"]]["repo"] in preloaded
 
 

@@ -1,29 +1,38 @@
 """Measure a Shapes model against the world's ground truth.
 
     python -m studio.shapes.evaluate --model models/shapes/sd --n 200 [--card models/shapes/README.md]
+        [--controlnet shapes-controlnet] [--adapter shapes-t2i-adapter] [--ip2p shapes-ip2p]
 
 For held-out (colour, shape, position) captions, generate one image per caption and run the OpenCV detector on it;
 each named shape is matched with the detection nearest to its grid cell, whose colour, class and cell are scored. For
 one-shape captions the figures are colour, shape class and position accuracy (the bars); for two- and three-shape
 captions they are the same figures per named shape (attribute binding, reported without a bar). With a ControlNet
 or T2I-Adapter, the condition is the Canny map of a held-out scene and the figure is the silhouette IoU between the
-scene's shapes and the detected ones.
+scene's shapes and the detected ones. With an InstructPix2Pix model, held-out edits of each kind
+(`studio.shapes.edits`) are judged by the detector: the edit done, the other shapes kept.
 """
 
 import argparse
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionAdapterPipeline, StableDiffusionControlNetPipeline
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionAdapterPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionInstructPix2PixPipeline,
+)
 from PIL import Image
 
 from studio.generate import GenerateParams
+from studio.ip2p import IP2PParams, run_ip2p
 from studio.models import ModelManager
 from studio.sampling import make_scheduler
 from studio.shapes.detect import detect, iou
+from studio.shapes.edits import EDITS, judge, sample_edit
 from studio.shapes.world import caption_for, sample_scene
 
 CARD_START, CARD_END = "<!-- quality table -->", "<!-- end quality table -->"
@@ -86,8 +95,68 @@ def silhouette_iou(pipe: DiffusionPipeline, n: int, params: GenerateParams, **ex
     return float(np.mean(ious))
 
 
+@dataclass
+class EditScore:
+    """InstructPix2Pix edits of one kind: how many did what they were told (`done`), kept every shape they did not
+    name (`kept`), and those shapes' mask IoU with the input."""
+
+    n: int = 0
+    done: int = 0
+    kept: int = 0
+    ious: list[float] = field(default_factory=list)
+
+    def add(self, other: "EditScore") -> None:
+        self.n, self.done, self.kept = self.n + other.n, self.done + other.done, self.kept + other.kept
+        self.ious += other.ious
+
+    def rate(self, what: str) -> float:
+        return getattr(self, what) / max(self.n, 1)
+
+    def row(self, name: str) -> str:
+        iou_text = f"{np.mean(self.ious):.3f}" if self.ious else "–"
+        return f"| {name} | {self.n} | {100 * self.rate('done'):.1f}% | {100 * self.rate('kept'):.1f}% | {iou_text} |"
+
+
+def score_edits(pipe: DiffusionPipeline, n: int, params: IP2PParams, *, kinds: tuple[str, ...] = EDITS,
+                split: str = "held_out", first_seed: int = 1_000_000) -> dict[str, EditScore]:
+    """`n` edits of each kind (held-out combinations of edit, shape and value by default, on scenes the model was
+    not trained on), each judged by the detector; seed i for the i-th edit of a kind."""
+    scores = {}
+    for kind in kinds:
+        score = scores[kind] = EditScore()
+        for i in range(n):
+            edit = sample_edit(first_seed + i, kind=kind, split=split)
+            image = run_ip2p(pipe, edit.before.image, replace(params, instruction=edit.instruction, seed=i)).image
+            verdict = judge(edit, image)
+            score.n, score.done, score.kept = score.n + 1, score.done + verdict.done, score.kept + verdict.kept
+            score.ious += [] if verdict.iou is None else [verdict.iou]
+    return scores
+
+
+def edit_table(scores: dict[str, EditScore]) -> str:
+    total = EditScore()
+    for score in scores.values():
+        total.add(score)
+    return "\n".join(["| edit | n | done | others kept | their mask IoU |", "|---|---|---|---|---|",
+                      *(score.row(kind) for kind, score in scores.items()), total.row("all")])
+
+
+def guidance_scores(pipe: DiffusionPipeline, n: int, params: IP2PParams, text_scales: list[float],
+                    image_scales: list[float], kinds: tuple[str, ...] = ("recolour", "reshape")) -> dict:
+    """(s_T, s_I) -> all kinds' EditScore of `score_edits` at those scales: the paper's guidance trade-off."""
+    grid = {}
+    for s_text in text_scales:
+        for s_image in image_scales:
+            total = EditScore()
+            for score in score_edits(pipe, n, replace(params, text_guidance=s_text, image_guidance=s_image),
+                                     kinds=kinds).values():
+                total.add(score)
+            grid[s_text, s_image] = total
+    return grid
+
+
 def evaluate(model: str, n: int, *, controlnet: str | None = None, adapter: str | None = None,
-             steps: int = 20, cfg: float = 7.5, device: str | None = None) -> str:
+             ip2p: str | None = None, steps: int = 20, cfg: float = 7.5, device: str | None = None) -> str:
     """Run the evaluation and return the markdown table."""
     manager = ModelManager(device)
     params = GenerateParams(steps=steps, cfg=cfg, width=64, height=64)
@@ -105,6 +174,11 @@ def evaluate(model: str, n: int, *, controlnet: str | None = None, adapter: str 
             derived.set_progress_bar_config(disable=True)
             lines.append(f"\n{name} silhouette IoU (held-out scenes, n={max(n // 4, 4)}): "
                          f"{silhouette_iou(derived, max(n // 4, 4), params):.3f}")
+    if ip2p:
+        with manager.lend(model, StableDiffusionInstructPix2PixPipeline, unet=manager.instruct_unet(ip2p)) as edit:
+            scores = score_edits(edit, max(n // 4, 4), IP2PParams(steps=steps, resolution=64, scheduler="DPM++ 2M"))
+        lines.append(f"\nInstructPix2Pix ({ip2p}), held-out edits, {steps} DPM++ 2M steps, s_T 7.5, s_I 1.5:\n")
+        lines.append(edit_table(scores))
     return "\n".join(lines)
 
 
@@ -121,13 +195,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="models/shapes/sd")
     p.add_argument("--controlnet", help="catalog name, e.g. shapes-controlnet")
     p.add_argument("--adapter", help="catalog name, e.g. shapes-t2i-adapter")
+    p.add_argument("--ip2p", help="catalog name, e.g. shapes-ip2p")
     p.add_argument("--n", type=int, default=200, help="one-shape captions; multi-shape and IoU use n/4")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--device")
     p.add_argument("--card", type=Path, help="also write the table into this model card")
     args = p.parse_args(argv)
-    table = evaluate(args.model, args.n, controlnet=args.controlnet, adapter=args.adapter, steps=args.steps,
+    table = evaluate(args.model, args.n, controlnet=args.controlnet, adapter=args.adapter, ip2p=args.ip2p,
+                     steps=args.steps,
                      cfg=args.cfg, device=args.device)
     print(table)
     if args.card:

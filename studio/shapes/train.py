@@ -1,9 +1,11 @@
-"""Train the Shapes model family: VAE, then UNet + text encoder, then a Canny ControlNet and a T2I-Adapter.
+"""Train the Shapes model family: VAE, then UNet + text encoder, then a Canny ControlNet, a T2I-Adapter and an
+InstructPix2Pix UNet.
 
     python -m studio.shapes.train vae --steps 1500
     python -m studio.shapes.train unet --steps 4000
     python -m studio.shapes.train controlnet --steps 1500
     python -m studio.shapes.train adapter --steps 1500
+    python -m studio.shapes.train ip2p --steps 4000     # the InstructPix2Pix UNet, from the text-to-image one
     python -m studio.shapes.train export          # fp16 safetensors into models/shapes/
 
 Every stage is reproducible (seeded data and weights) and resumable: it checkpoints to `<work>/<stage>.pt` every
@@ -15,6 +17,7 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +30,7 @@ from diffusers import (
     AutoencoderKL,
     ControlNetModel,
     DDPMScheduler,
+    StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
     T2IAdapter,
     UNet2DConditionModel,
@@ -35,6 +39,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from studio.device import pick_device
 from studio.sampling import make_scheduler
+from studio.ip2p import widen_conv_in
+from studio.shapes.edits import sample_edit
 from studio.shapes.world import caption_for, sample_scene, vocabulary
 from studio.tiny import SD_SCHEDULER, load_tokenizer
 
@@ -61,6 +67,9 @@ DEFAULT_SCHEDULER = "DPM++ 2M"
 # scheduler made from a config takes its own class's default for anything the config leaves implicit.
 SCHEDULER_CONFIG = {**SD_SCHEDULER, "timestep_spacing": "trailing", "rescale_betas_zero_snr": True,
                     "prediction_type": "v_prediction"}
+# InstructPix2Pix drops the instruction, the input image, or both, each for 5% of examples (Brooks et al. 2023,
+# Sec. 3.4), so that the UNet also learns the two unconditional predictions its two guidance scales need.
+IP2P_DROPOUT = 0.05
 CAPTION_DROPOUT = 0.1  # empty captions teach the unconditional branch that classifier-free guidance needs
 WORD_LOSS = 0.1  # weight of the text encoder's word loss (see `encode`)
 
@@ -158,7 +167,7 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, device: torch.devic
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["vae", "unet", "controlnet", "adapter", "export"])
+    p.add_argument("stage", choices=["vae", "unet", "controlnet", "adapter", "ip2p", "export"])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=None)
@@ -176,10 +185,12 @@ def main(argv: list[str] | None = None) -> None:
         seed_from_export(args.init, args.work)
     if args.stage == "export":
         return export(args.work, args.out, vae, unet, text_encoder)
-    data = Scenes(args.scenes)
     tokenizer = load_tokenizer()
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k in (
         "beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "rescale_betas_zero_snr", "prediction_type")})
+    if args.stage == "ip2p":
+        return train_ip2p(args, vae, unet, text_encoder, tokenizer, noise_scheduler, device)
+    data = Scenes(args.scenes)
 
     def batch_index(rng: np.random.Generator) -> torch.Tensor:
         return torch.from_numpy(rng.integers(0, len(data.pixels), args.batch))
@@ -292,6 +303,49 @@ def main(argv: list[str] | None = None) -> None:
           lr=args.lr or 3e-4, save_every=args.save_every)
 
 
+def train_ip2p(args: argparse.Namespace, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
+               tokenizer, noise_scheduler: DDPMScheduler, device: torch.device) -> None:
+    """InstructPix2Pix on the world's exact edit triples (`studio.shapes.edits`); the VAE and text encoder stay
+    frozen, so the edit pipeline shares them with the text-to-image one."""
+    for stage, modules in (("vae", {"vae": vae}), ("unet", {"unet": unet, "text_encoder": text_encoder})):
+        _load(args.work, stage, modules)
+        for module in modules.values():
+            module.to(device).eval().requires_grad_(False)
+    vae.register_to_config(scaling_factor=float((args.work / "scaling.txt").read_text()))
+    edits = [sample_edit(i, side=SIDE) for i in range(args.scenes)]
+
+    def pixels(scenes: list) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.asarray(s.image) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    # What diffusers' pipeline feeds the UNet: the input image's latent mode, unscaled, beside the scaled noisy one.
+    image_latents = encode_latents(vae, pixels([e.before for e in edits]), device) / vae.config.scaling_factor
+    latents = encode_latents(vae, pixels([e.after for e in edits]), device)
+    instructions = [e.instruction for e in edits]
+    edit = widen_conv_in(unet).to(device).train()
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return text_encoder(ids.to(device)).last_hidden_state
+
+    null = embed([""])
+
+    def ip2p_loss(step: int, rng: np.random.Generator) -> torch.Tensor:
+        index = torch.from_numpy(rng.integers(0, len(edits), args.batch)).to(device)
+        x0, noise = latents[index], torch.randn_like(latents[index])
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), device=device)
+        x_t, target = noise_scheduler.add_noise(x0, noise, t), noise_scheduler.get_velocity(x0, noise, t)
+        draw = torch.from_numpy(rng.random(len(index))).to(device)
+        no_text = (draw < 2 * IP2P_DROPOUT)[:, None, None]  # [0, 5%): text only, [5%, 10%): both
+        no_image = ((draw >= IP2P_DROPOUT) & (draw < 3 * IP2P_DROPOUT))[:, None, None, None]
+        context = torch.where(no_text, null, embed([instructions[i] for i in index.tolist()]))
+        image = torch.where(no_image, 0.0, image_latents[index])
+        return F.mse_loss(edit(torch.cat([x_t, image], 1), t, context).sample, target)
+
+    _loop("ip2p", args.work, {"unet": edit}, list(edit.parameters()), ip2p_loss, steps=args.steps, lr=args.lr or 2e-4,
+          save_every=args.save_every, recipe={"prediction_type": SCHEDULER_CONFIG["prediction_type"]})
+
+
 def make_adapter() -> T2IAdapter:
     """Features for each UNet down block: pixel-unshuffle by the VAE's factor 4, then halve per block."""
     return T2IAdapter(in_channels=3, channels=list(UNET["block_out_channels"]), num_res_blocks=1, downscale_factor=4,
@@ -342,7 +396,15 @@ def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel
         adapter = make_adapter()
         _load(work, "adapter", {"adapter": adapter})
         adapter.to(torch.float16).save_pretrained(out / "t2i-adapter")
-    for stage in ("vae", "unet", "controlnet", "adapter"):
+    if (work / "ip2p.pt").exists():
+        edit = widen_conv_in(unet)
+        _load(work, "ip2p", {"unet": edit})
+        StableDiffusionInstructPix2PixPipeline(**{**pipe.components, "unet": edit}).to(
+            dtype=torch.float16).save_pretrained(out / "ip2p")
+        for shared in ("vae", "text_encoder", "tokenizer"):  # links, not copies: the family stays small
+            shutil.rmtree(out / "ip2p" / shared)
+            (out / "ip2p" / shared).symlink_to(Path("..") / "sd" / shared)
+    for stage in ("vae", "unet", "controlnet", "adapter", "ip2p"):
         if (work / f"{stage}.pt").exists():
             steps[stage] = torch.load(work / f"{stage}.pt", map_location="cpu", weights_only=True)["step"]
     (out / "training.json").write_text(json.dumps(steps, indent=1))

@@ -161,7 +161,7 @@ def sample_scene(seed: int, *, side: int = 64, n_shapes: int | None = None, spli
         colour, shape, position = rng.choice(sorted(HELD_OUT))
         shapes.append(ShapeSpec(shape, colour, position, rng.choice(list(SIZES))))
     while len(shapes) < n:
-        free = [p for p in POSITIONS if all(_far(p, s.position) for s in shapes)]
+        free = [p for p in POSITIONS if all(far_apart(p, s.position) for s in shapes)]
         if not free:  # e.g. a shape in the center leaves no room for another
             break
         spec = ShapeSpec(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(free), rng.choice(list(SIZES)))
@@ -174,7 +174,7 @@ def sample_scene(seed: int, *, side: int = 64, n_shapes: int | None = None, spli
     return Scene(image, caption, shapes, background, masks)
 
 
-def _far(a: str, b: str) -> bool:
+def far_apart(a: str, b: str) -> bool:
     """Cells at least two apart (Chebyshev distance), so even two large shapes never touch."""
     (r1, c1), (r2, c2) = POSITIONS[a], POSITIONS[b]
     return max(abs(r1 - r2), abs(c1 - c2)) >= 2
