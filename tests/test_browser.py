@@ -212,9 +212,10 @@ def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
 def test_send_a_generated_image_to_instruct_pix2pix_edit_it_and_see_the_grid(page, app_url):
     generate_and_send(page, app_url, "InstructPix2Pix")
     assert page.get_by_role("tab", name="InstructPix2Pix").get_attribute("aria-selected") == "true"
+    page.locator("#ip2p-image img").wait_for(timeout=30_000)  # the sent picture has arrived before Edit is pressed
     page.locator("#ip2p-instruction textarea").fill("make the circle blue")
     page.locator("#ip2p-run").click()
-    page.locator("#ip2p-info").get_by_text("“make the circle blue”").wait_for(timeout=60_000)
+    page.locator("#ip2p-info").get_by_text("“make the circle blue”").wait_for(timeout=120_000)
     assert page.locator("#ip2p-result img").count() == 2, "before and after, on the slider"
     page.locator("#ip2p-grid-run").click()
     playwright.expect(page.locator("#ip2p-grid img")).to_have_count(16, timeout=120_000)
