@@ -14,9 +14,8 @@ studio's progress, cancel and previews. The input latent is the VAE's mode, unsc
 
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
@@ -26,8 +25,8 @@ from studio.images import flatten_alpha
 from studio.jobs import Cancelled, PreviewFn, StepFn, StopFn
 from studio.params import Params, choice, ranged
 from studio.prompts import encode_text
-from studio.sampling import (SCHEDULERS, check_prompt, decode_latents, make_scheduler, pick_seed, seed_field,
-                             snap_size, split_prediction, to_images)
+from studio.sampling import (SCHEDULERS, check_prompt, decode_latents, encode_image, make_scheduler, pick_seed,
+                             seed_field, snap_size, split_prediction, to_images)
 
 IMAGE_CHANNELS = 4  # the VAE latent's channels: an InstructPix2Pix UNet reads twice as many as it predicts
 
@@ -86,14 +85,6 @@ def fit_input(image: Image.Image, resolution: int, warnings: list[str]) -> Image
     return image.resize(tuple(size), Image.LANCZOS) if tuple(size) != image.size else image
 
 
-def image_latent(pipe: DiffusionPipeline, image: Image.Image) -> torch.Tensor:
-    """c_I: the VAE posterior's mode, not scaled by the VAE's factor (what the UNet was trained on)."""
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1
-    with torch.no_grad():
-        return pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mode().to(dtype)
-
-
 def run_ip2p(pipe: DiffusionPipeline, image: Image.Image, params: IP2PParams, *, on_step: StepFn | None = None,
              should_stop: StopFn | None = None, on_preview: PreviewFn | None = None) -> IP2PResult:
     """Edit `image` as `params.instruction` says. `pipe` comes from `ModelManager.lend` with an InstructPix2Pix
@@ -101,7 +92,8 @@ def run_ip2p(pipe: DiffusionPipeline, image: Image.Image, params: IP2PParams, *,
     # 1. Check inputs (the ranges were checked when `params` was built)
     if not is_ip2p_unet(pipe.unet):
         raise ValueError("This UNet is not an InstructPix2Pix one: it reads "
-                         f"{pipe.unet.config.in_channels} input channels, not {pipe.unet.config.out_channels + 4}.")
+                         f"{pipe.unet.config.in_channels} input channels, not "
+                         f"{pipe.unet.config.out_channels + IMAGE_CHANNELS}.")
     warnings: list[str] = []
     if not params.instruction.strip():
         warnings.append("The instruction is empty: the model only redraws the input.")
@@ -116,7 +108,7 @@ def run_ip2p(pipe: DiffusionPipeline, image: Image.Image, params: IP2PParams, *,
     text = encode_text(pipe, [params.instruction], chunks=False)
     empty = encode_text(pipe, [""], chunks=False)
     context = torch.cat([text, empty, empty]).to(dtype)
-    c_image = image_latent(pipe, image)
+    c_image = encode_image(pipe, image) / pipe.vae.config.scaling_factor  # the mode, unscaled, as diffusers passes it
     c_images = torch.cat([c_image, c_image, torch.zeros_like(c_image)])
 
     # 3. Noise and timesteps
@@ -169,7 +161,7 @@ def guidance_grid(pipe: DiffusionPipeline, image: Image.Image, params: IP2PParam
     for s_image in image_scales:
         row = []
         for s_text in text_scales:
-            cell = IP2PParams(**{**params.__dict__, "text_guidance": s_text, "image_guidance": s_image, "seed": seed})
+            cell = replace(params, text_guidance=s_text, image_guidance=s_image, seed=seed)
             result = run_ip2p(pipe, image, cell, should_stop=should_stop)
             warnings += result.warnings
             row.append(result.image)

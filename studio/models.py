@@ -32,6 +32,7 @@ from diffusers.loaders.single_file_utils import SingleFileComponentError
 from transformers import CLIPTokenizer
 
 from studio.device import dtype_for, pick_device
+from studio.ip2p import is_ip2p_unet
 from studio.preprocess import PREPROCESSORS, Preprocessor
 from studio.lora import applied, embedded
 from studio.pnginfo import file_hash
@@ -458,7 +459,7 @@ class ModelManager:
 
         def load() -> UNet2DConditionModel:
             unet = self._from_pretrained(UNet2DConditionModel, source, on_progress, subfolder="unet")
-            if unet.config.in_channels != unet.config.out_channels + 4:
+            if not is_ip2p_unet(unet):
                 raise ModelUnavailable(f"{source.name} is not an InstructPix2Pix model: its UNet reads "
                                        f"{unet.config.in_channels} channels, not the image latent's 4 more.")
             return unet.requires_grad_(False)
