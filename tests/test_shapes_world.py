@@ -74,13 +74,14 @@ def test_detector_finds_nothing_on_a_blank_image_and_survives_noise():
 @pytest.mark.slow
 def test_training_stages_run_resume_and_export(tmp_path):
     """Every stage of the training script, a few steps each, on a few scenes: resumable, exportable, loadable."""
-    from diffusers import ControlNetModel, StableDiffusionPipeline, T2IAdapter
+    from diffusers import ControlNetModel, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline, T2IAdapter
+    from PIL import Image
 
     from studio.shapes.train import main
     import torch
 
     common = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "work"), "--save-every", "2"]
-    for stage in ("vae", "unet", "controlnet", "adapter"):
+    for stage in ("vae", "unet", "controlnet", "adapter", "ip2p"):
         main([stage, "--steps", "2", *common])
     main(["unet", "--steps", "4", *common])  # resumes at step 2
     assert len((tmp_path / "work" / "unet.csv").read_text().splitlines()) == 4
@@ -90,10 +91,15 @@ def test_training_stages_run_resume_and_export(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     ControlNetModel.from_pretrained(tmp_path / "out" / "controlnet")
     T2IAdapter.from_pretrained(tmp_path / "out" / "t2i-adapter")
+    edit = StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path / "out" / "ip2p", dtype=torch.float32)
+    assert edit.unet.config.in_channels == 8 and (tmp_path / "out" / "ip2p" / "vae").is_symlink()
+    assert edit("make it blue", image=Image.new("RGB", (64, 64)), num_inference_steps=2).images[0].size == (64, 64)
     # A fresh machine goes on from the shipped family: the step count continues from the export.
     fresh = ["--batch", "2", "--scenes", "16", "--work", str(tmp_path / "fresh"), "--init", str(tmp_path / "out")]
     main(["unet", "--steps", "6", *fresh])
     assert len((tmp_path / "fresh" / "unet.csv").read_text().splitlines()) == 2  # steps 4 and 5 only
+    main(["ip2p", "--steps", "3", *fresh])  # the edit UNet too, from its exported 8-channel weights
+    assert len((tmp_path / "fresh" / "ip2p.csv").read_text().splitlines()) == 1
     # ...and can re-export it untouched: the family's prediction type comes along with its weights.
     main(["export", "--work", str(tmp_path / "seeded"), "--init", str(tmp_path / "out"),
           "--out", str(tmp_path / "again")])

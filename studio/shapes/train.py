@@ -100,16 +100,18 @@ class Scenes:
         return out
 
 
-def _resume(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> int:
+def _resume(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> tuple[int, bool]:
+    """The step to go on from, and whether the optimizer's moments came back with the weights."""
     if not path.exists():
-        return 0
+        return 0, False
     state = torch.load(path, map_location="cpu", weights_only=True)
     for name, module in modules.items():
         module.load_state_dict(state[name])
-    if "optimizer" in state:  # absent when seeded from a shipped model (`--init`): AdamW starts its moments afresh
+    moments = "optimizer" in state  # absent when seeded from a shipped model (`--init`): AdamW starts afresh
+    if moments:
         optimizer.load_state_dict(state["optimizer"])
     print(f"resumed {path.name} at step {state['step']}")
-    return state["step"]
+    return state["step"], moments
 
 
 def _loop(stage: str, work: Path, modules: dict[str, torch.nn.Module], params: list[torch.nn.Parameter],
@@ -119,11 +121,12 @@ def _loop(stage: str, work: Path, modules: dict[str, torch.nn.Module], params: l
     the checkpoint for `export` to check."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     checkpoint = work / f"{stage}.pt"
-    start = _resume(checkpoint, modules, optimizer)
+    start, moments = _resume(checkpoint, modules, optimizer)
     for group in optimizer.param_groups:  # the rate asked for now wins over the resumed one (a cool-down stage)
         group["lr"] = group["initial_lr"] = lr
-    # Warm-up over the first 200 steps of the whole run, counted from `start` when resuming.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (start + s + 1) / 200))
+    # Warm-up over the first 200 steps of the whole run, and again when AdamW's moments start afresh.
+    warmed = start if moments else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (warmed + s + 1) / 200))
     log = (work / f"{stage}.csv").open("a", newline="")
     writer = csv.writer(log)
     started = time.perf_counter()
@@ -360,12 +363,13 @@ def seed_from_export(folder: Path, work: Path) -> None:
     stages = {"vae": {"vae": (AutoencoderKL, "sd/vae")},
               "unet": {"unet": (UNet2DConditionModel, "sd/unet"), "text_encoder": (CLIPTextModel, "sd/text_encoder")},
               "controlnet": {"controlnet": (ControlNetModel, "controlnet")},
-              "adapter": {"adapter": (T2IAdapter, "t2i-adapter")}}
+              "adapter": {"adapter": (T2IAdapter, "t2i-adapter")},
+              "ip2p": {"unet": (UNet2DConditionModel, "ip2p/unet")}}
     for stage, parts in stages.items():
         if stage in steps and not (work / f"{stage}.pt").exists():
             state = {name: cls.from_pretrained(folder / sub, dtype=torch.float32).state_dict()
                      for name, (cls, sub) in parts.items()}
-            if stage == "unet":  # what `export` checks against the recipe
+            if stage in ("unet", "ip2p"):  # what `export` checks against the recipe
                 state["prediction_type"] = scheduler.get("prediction_type", "epsilon")
             torch.save({**state, "step": steps[stage]}, work / f"{stage}.pt")
     if not (work / "scaling.txt").exists():
