@@ -73,8 +73,8 @@ class IP2PTab:
                     self.info = gr.Markdown(elem_id="ip2p-info")
                     ctx.send_sources.append(SendSource(self.result, send_buttons(ctx, self.TAB_ID),
                                                        pick=lambda pair: pair and pair[1]))
-                    self.grid = gr.Gallery(label=f"Guidance grid: rows s_I = {', '.join(map(str, GRID_IMAGE))} "
-                                                 f"(top to bottom), columns s_T = {', '.join(map(str, GRID_TEXT))}",
+                    # One line of label: Gradio lays it over the first row, whose 64x64 edits it would hide.
+                    self.grid = gr.Gallery(label="Guidance grid: s_I down, s_T across",
                                            columns=len(GRID_TEXT), height="auto", format="png", object_fit="contain",
                                            elem_id="ip2p-grid")
         ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, self.image, seed=self.seed))

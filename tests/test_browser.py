@@ -185,6 +185,15 @@ def test_pick_a_shapes_concept_train_a_few_steps_and_see_the_loss(page, app_url)
     shot(page, "train")
 
 
+def wait_for_result(page, info: str, text: str, timeout: float) -> None:
+    """Wait for `text` in the `info` element; on a timeout, fail with what the page said instead (its toasts)."""
+    try:
+        page.locator(info).get_by_text(text).wait_for(timeout=timeout)
+    except playwright.TimeoutError:
+        toasts = page.locator("[data-testid='toast-body']").all_inner_texts()
+        raise AssertionError(f"no {text!r} in {info} ({page.locator(info).inner_text()!r}); toasts: {toasts}")
+
+
 def generate_and_send(page, app_url, tab: str) -> None:
     """Generate "a red circle on the left" and press the result's "Send to <tab>"."""
     page.goto(app_url)
@@ -212,10 +221,12 @@ def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
 def test_send_a_generated_image_to_instruct_pix2pix_edit_it_and_see_the_grid(page, app_url):
     generate_and_send(page, app_url, "InstructPix2Pix")
     assert page.get_by_role("tab", name="InstructPix2Pix").get_attribute("aria-selected") == "true"
-    page.locator("#ip2p-image img").wait_for(timeout=30_000)  # the sent picture has arrived before Edit is pressed
+    # The tab opens with its first example's picture: Edit waits until the sent one has replaced it.
+    page.wait_for_function("() => { const img = document.querySelector('#ip2p-image img');"
+                           " return img && img.complete && !img.src.includes('examples'); }", timeout=30_000)
     page.locator("#ip2p-instruction textarea").fill("make the circle blue")
     page.locator("#ip2p-run").click()
-    page.locator("#ip2p-info").get_by_text("“make the circle blue”").wait_for(timeout=120_000)
+    wait_for_result(page, "#ip2p-info", "“make the circle blue”", timeout=120_000)
     assert page.locator("#ip2p-result img").count() == 2, "before and after, on the slider"
     page.locator("#ip2p-grid-run").click()
     playwright.expect(page.locator("#ip2p-grid img")).to_have_count(16, timeout=120_000)

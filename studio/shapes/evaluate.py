@@ -31,6 +31,7 @@ from studio.generate import GenerateParams
 from studio.ip2p import IP2PParams, run_ip2p
 from studio.models import ModelManager
 from studio.sampling import make_scheduler
+from studio.shapes import independent
 from studio.shapes.detect import detect, iou
 from studio.shapes.edits import EDITS, judge, sample_edit
 from studio.shapes.world import caption_for, sample_scene
@@ -118,14 +119,17 @@ class EditScore:
 
 
 def score_edits(pipe: DiffusionPipeline, n: int, params: IP2PParams, *, kinds: tuple[str, ...] = EDITS,
-                split: str = "held_out", first_seed: int = 1_000_000) -> dict[str, EditScore]:
+                split: str = "held_out", first_seed: int = 1_000_000, drawn: str = "world") -> dict[str, EditScore]:
     """`n` edits of each kind (held-out combinations of edit, shape and value by default, on scenes the model was
-    not trained on), each judged by the detector; seed i for the i-th edit of a kind."""
+    not trained on), each judged by the detector; seed i for the i-th edit of a kind. `drawn="independent"` gives
+    the model the same scenes drawn by other code (`studio.shapes.independent`)."""
     scores = {}
     for kind in kinds:
         score = scores[kind] = EditScore()
         for i in range(n):
             edit = sample_edit(first_seed + i, kind=kind, split=split)
+            if drawn == "independent":
+                edit = replace(edit, before=independent.render(edit.before.shapes, edit.before.background, seed=i))
             image = run_ip2p(pipe, edit.before.image, replace(params, instruction=edit.instruction, seed=i)).image
             verdict = judge(edit, image)
             score.n, score.done, score.kept = score.n + 1, score.done + verdict.done, score.kept + verdict.kept
@@ -176,9 +180,12 @@ def evaluate(model: str, n: int, *, controlnet: str | None = None, adapter: str 
                          f"{silhouette_iou(derived, max(n // 4, 4), params):.3f}")
     if ip2p:
         with manager.lend(model, StableDiffusionInstructPix2PixPipeline, unet=manager.instruct_unet(ip2p)) as edit:
-            scores = score_edits(edit, max(n // 4, 4), IP2PParams(steps=steps, resolution=64, scheduler="DPM++ 2M"))
-        lines.append(f"\nInstructPix2Pix ({ip2p}), held-out edits, {steps} DPM++ 2M steps, s_T 7.5, s_I 1.5:\n")
-        lines.append(edit_table(scores))
+            for drawn in ("world", "independent"):
+                scores = score_edits(edit, max(n // 4, 4), IP2PParams(steps=steps, resolution=64,
+                                                                      scheduler="DPM++ 2M"), drawn=drawn)
+                lines.append(f"\nInstructPix2Pix ({ip2p}), held-out edits on scenes drawn by the {drawn} renderer, "
+                             f"{steps} DPM++ 2M steps, s_T 7.5, s_I 1.5:\n")
+                lines.append(edit_table(scores))
     return "\n".join(lines)
 
 
