@@ -35,7 +35,9 @@ from tabs.train import TrainTab
 # Gallery captions small and translucent: Gradio lays them over the bottom of the thumbnail, where a 64x64 image's
 # shapes may be.
 CSS = (".studio-image img { width: 100%; height: 100%; object-fit: contain; }\n"
-       ".thumbnail-item div.caption-label { font-size: 10px; padding: 0 4px; opacity: 0.75; }")
+       ".thumbnail-item div.caption-label { font-size: 10px; padding: 0 4px; opacity: 0.75; }\n"
+       # A gallery of height "auto" still stops at 55% of the window and scrolls: a grid shows all its rows.
+       ".studio-whole-gallery .grid-wrap { max-height: none; }")
 # The Shapes model's 64x64 pictures shown at gallery size: upscaled with crisp pixels instead of a smear
 CRISP_SMALL_IMAGES = """<script>
 document.addEventListener("load", (event) => {

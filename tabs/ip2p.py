@@ -73,10 +73,12 @@ class IP2PTab:
                     self.info = gr.Markdown(elem_id="ip2p-info")
                     ctx.send_sources.append(SendSource(self.result, send_buttons(ctx, self.TAB_ID),
                                                        pick=lambda pair: pair and pair[1]))
-                    # One line of label: Gradio lays it over the first row, whose 64x64 edits it would hide.
-                    self.grid = gr.Gallery(label="Guidance grid: s_I down, s_T across",
+                    # A heading, not the gallery's label: Gradio lays that over the first row's pictures.
+                    gr.Markdown(f"**Guidance grid**: image guidance s_I down the rows ({GRID_IMAGE[0]:g} → "
+                                f"{GRID_IMAGE[-1]:g}), text guidance s_T across ({GRID_TEXT[0]:g} → {GRID_TEXT[-1]:g})")
+                    self.grid = gr.Gallery(label="Guidance grid", show_label=False,
                                            columns=len(GRID_TEXT), height="auto", format="png", object_fit="contain",
-                                           elem_id="ip2p-grid")
+                                           elem_id="ip2p-grid", elem_classes="studio-whole-gallery")
         ctx.send_targets.append(SendTarget(self.LABEL, self.TAB_ID, self.image, seed=self.seed))
         self._wire()
 
