@@ -222,8 +222,8 @@ def test_send_a_generated_image_to_instruct_pix2pix_edit_it_and_see_the_grid(pag
     generate_and_send(page, app_url, "InstructPix2Pix")
     assert page.get_by_role("tab", name="InstructPix2Pix").get_attribute("aria-selected") == "true"
     # The tab opens with its first example's picture: Edit waits until the sent one has replaced it.
-    page.wait_for_function("() => { const img = document.querySelector('#ip2p-image img');"
-                           " return img && img.complete && !img.src.includes('examples'); }", timeout=30_000)
+    page.wait_for_function("() => { const img = document.querySelector('#ip2p-image img');"  # a studio output's name
+                           r" return img && img.complete && /\d{8}-\d{6}-[^/]*\.png$/.test(img.src); }", timeout=30_000)
     page.locator("#ip2p-instruction textarea").fill("make the circle blue")
     page.locator("#ip2p-run").click()
     wait_for_result(page, "#ip2p-info", "“make the circle blue”", timeout=120_000)
