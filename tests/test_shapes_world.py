@@ -86,6 +86,7 @@ def test_training_stages_run_resume_and_export(tmp_path):
     main(["unet", "--steps", "4", *common])  # resumes at step 2
     assert len((tmp_path / "work" / "unet.csv").read_text().splitlines()) == 4
     main(["export", *common, "--out", str(tmp_path / "out")])
+    main(["export", *common, "--out", str(tmp_path / "out")])  # again, over its own links
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "out" / "sd", use_safetensors=True, dtype=torch.float32)
     assert pipe("a red circle", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
     assert pipe.scheduler.config.prediction_type == "v_prediction"

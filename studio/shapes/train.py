@@ -403,6 +403,9 @@ def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel
     if (work / "ip2p.pt").exists():
         edit = widen_conv_in(unet)
         _load(work, "ip2p", {"unet": edit})
+        for shared in ("vae", "text_encoder", "tokenizer"):  # an earlier export's links: never write through them
+            if (out / "ip2p" / shared).is_symlink():
+                (out / "ip2p" / shared).unlink()
         StableDiffusionInstructPix2PixPipeline(**{**pipe.components, "unet": edit}).to(
             dtype=torch.float16).save_pretrained(out / "ip2p")
         for shared in ("vae", "text_encoder", "tokenizer"):  # links, not copies: the family stays small
