@@ -18,6 +18,7 @@ from studio.ip2p import IP2PParams, run_ip2p
 from studio.sampling import make_scheduler
 from studio.shapes.detect import detect
 from studio.shapes.edits import on_background
+from studio.shapes.world import BACKGROUNDS
 from studio.shapes.evaluate import guidance_scores, score_edits
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,8 @@ EXAMPLES = {
     "remove the blue circle": {("square", "yellow", "right")},
     "add a small green triangle at the bottom left": {("heart", "purple", "center"),
                                                       ("triangle", "green", "bottom left")},
+    "turn the heart into a square": {("square", "purple", "center")},
+    "put it on a black background": {("circle", "blue", "left"), ("square", "yellow", "right")},
 }
 
 
@@ -46,15 +49,28 @@ def held_out(pipe):
     return score_edits(pipe, N, PARAMS)
 
 
+def rates(scores: dict) -> tuple[float, float, float]:
+    n = sum(s.n for s in scores.values())
+    return (sum(s.done for s in scores.values()) / n, sum(s.kept for s in scores.values()) / n,
+            float(np.mean([iou for s in scores.values() for iou in s.ious])))
+
+
 def test_held_out_edits_do_what_they_say_and_keep_most_of_the_rest(held_out):
-    """Measured on 10 held-out edits per kind (the card): done 50 / 30 / 60 / 100 / 90 / 100% for recolour, reshape,
-    move, add, remove and background, 72% in all; the other shapes kept in 63%, mask IoU 0.71. Below the issue's
-    bars (80-85%, 0.8): the bars here are what this model does, so that a worse one fails."""
-    done = sum(s.done for s in held_out.values()) / sum(s.n for s in held_out.values())
-    kept = sum(s.kept for s in held_out.values()) / sum(s.n for s in held_out.values())
-    ious = [iou for s in held_out.values() for iou in s.ious]
-    assert all(s.done >= 1 for s in held_out.values()), {k: s.done for k, s in held_out.items()}
-    assert done >= 0.55 and kept >= 0.45 and np.mean(ious) >= 0.6, (done, kept, np.mean(ious))
+    """Measured on these 6 held-out edits per kind (step 6,250): done 83% (4 of 6 recolours, reshapes and moves; every
+    add, remove and background), the other shapes kept in 72%, mask IoU 0.80; on 10 per kind (the card) 82%, 70%,
+    0.78. Below the issue's bars (80% recolour and reshape, 70% move, 85% kept, IoU 0.8 on the card's sample): the
+    bars here are what this model does, so that a worse one fails."""
+    done, kept, iou = rates(held_out)
+    assert all(s.done >= 2 for s in held_out.values()), {k: s.done for k, s in held_out.items()}
+    assert done >= 0.7 and kept >= 0.6 and iou >= 0.72, (done, kept, iou)
+
+
+def test_the_same_edits_work_on_scenes_drawn_by_other_code(pipe):
+    """The same scenes drawn by OpenCV (`studio.shapes.independent`: other outlines, shades, jitter). Measured:
+    done 83%, kept 56%, IoU 0.63: the edit is done as often, but the untouched shapes come back in the world's
+    drawing, not the input's, so fewer pass as kept."""
+    done, kept, iou = rates(score_edits(pipe, N, PARAMS, drawn="independent"))
+    assert done >= 0.65 and kept >= 0.4 and iou >= 0.55, (done, kept, iou)
 
 
 def test_raising_image_guidance_keeps_more_and_raising_text_guidance_edits_more(pipe):
@@ -63,8 +79,8 @@ def test_raising_image_guidance_keeps_more_and_raising_text_guidance_edits_more(
     row = guidance_scores(pipe, 6, PARAMS, [7.5], [0.5, 3.0])
     done = [column[s, 1.5].rate("done") for s in (0.0, 7.5)]
     iou = [np.mean(row[7.5, s].ious) for s in (0.5, 3.0)]
-    assert done[1] >= done[0] + 0.2, done  # measured 0.08 -> 0.42 (12 recolour and reshape edits)
-    assert iou[1] > iou[0], iou  # measured 0.715 -> 0.770
+    assert done[1] >= done[0] + 0.2, done  # measured 0.08 -> 0.67 (12 recolour and reshape edits)
+    assert iou[1] > iou[0], iou  # measured 0.749 -> 0.793
 
 
 def test_plain_diffusers_loads_the_model_and_draws_the_same(pipe):
@@ -90,6 +106,7 @@ def test_every_example_of_the_tab_works_for_most_seeds(pipe):
             params = IP2PParams(**{**settings, "instruction": instruction, "resolution": 64, "seed": seed})
             edited = np.asarray(run_ip2p(pipe, image, params).image)
             shapes = detect(edited)
+            background = next((b for b in BACKGROUNDS if f"{b} background" in instruction), None)
             hits += {(d.shape, d.colour, d.position) for d in shapes} == EXAMPLES[instruction] and (
-                "background" not in instruction or on_background(edited, shapes, "white"))
+                background is None or on_background(edited, shapes, background))
         assert hits >= 3, f"{instruction!r}: right in {hits} of 4 seeds"
