@@ -123,6 +123,8 @@ def score_edits(pipe: DiffusionPipeline, n: int, params: IP2PParams, *, kinds: t
     """`n` edits of each kind (held-out combinations of edit, shape and value by default, on scenes the model was
     not trained on), each judged by the detector; seed i for the i-th edit of a kind. `drawn="independent"` gives
     the model the same scenes drawn by other code (`studio.shapes.independent`)."""
+    if drawn not in ("world", "independent"):
+        raise ValueError(f"drawn must be 'world' or 'independent', not {drawn!r}")
     scores = {}
     for kind in kinds:
         score = scores[kind] = EditScore()

@@ -5,7 +5,8 @@ measure that, this module draws a world scene (its shapes, colours, cells, sizes
 `world.render`: its own outlines and proportions (an equilateral triangle, a heart made of two discs and a wedge, a
 narrower diamond), OpenCV's antialiasing at 3x instead of PIL at 4x, a shade of each colour rather than the palette's
 exact RGB, and each shape a little off its cell's centre, resized and slightly turned. A person would call every picture
-by the world scene's caption. Only the names (`SHAPES`, `COLOURS`, ...) are shared.
+by the world scene's caption. Shared with the world: its vocabulary (names, palette, cells, sizes, background
+greys) and its captions, nothing of its drawing.
 """
 
 import math
