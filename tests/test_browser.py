@@ -220,7 +220,9 @@ def test_send_a_generated_image_to_edit_a_real_image_and_edit_it(page, app_url):
 
 def test_send_a_generated_image_to_instruct_pix2pix_edit_it_and_see_the_grid(page, app_url):
     generate_and_send(page, app_url, "InstructPix2Pix")
-    assert page.get_by_role("tab", name="InstructPix2Pix").get_attribute("aria-selected") == "true"
+    # The tab switches when the send's event returns, not at the click: wait for it instead of reading it at once.
+    playwright.expect(page.get_by_role("tab", name="InstructPix2Pix")).to_have_attribute("aria-selected", "true",
+                                                                                         timeout=20_000)
     # The tab opens with its first example's picture: Edit waits until the sent one has replaced it.
     page.wait_for_function("() => { const img = document.querySelector('#ip2p-image img');"  # a studio output's name
                            r" return img && img.complete && /\d{8}-\d{6}-[^/]*\.png$/.test(img.src); }", timeout=30_000)
