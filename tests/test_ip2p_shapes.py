@@ -18,8 +18,8 @@ from studio.ip2p import IP2PParams, run_ip2p
 from studio.sampling import make_scheduler
 from studio.shapes.detect import detect
 from studio.shapes.edits import on_background
+from studio.shapes.evaluate import guidance_scores, pooled, score_edits
 from studio.shapes.world import BACKGROUNDS
-from studio.shapes.evaluate import guidance_scores, score_edits
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +50,8 @@ def held_out(pipe):
 
 
 def rates(scores: dict) -> tuple[float, float, float]:
-    n = sum(s.n for s in scores.values())
-    return (sum(s.done for s in scores.values()) / n, sum(s.kept for s in scores.values()) / n,
-            float(np.mean([iou for s in scores.values() for iou in s.ious])))
+    total = pooled(scores)
+    return total.rate("done"), total.rate("kept"), float(np.mean(total.ious))
 
 
 def test_held_out_edits_do_what_they_say_and_keep_most_of_the_rest(held_out):

@@ -139,12 +139,17 @@ def score_edits(pipe: DiffusionPipeline, n: int, params: IP2PParams, *, kinds: t
     return scores
 
 
-def edit_table(scores: dict[str, EditScore]) -> str:
+def pooled(scores: dict[str, EditScore]) -> EditScore:
+    """Every kind's edits as one score."""
     total = EditScore()
     for score in scores.values():
         total.add(score)
+    return total
+
+
+def edit_table(scores: dict[str, EditScore]) -> str:
     return "\n".join(["| edit | n | done | others kept | their mask IoU |", "|---|---|---|---|---|",
-                      *(score.row(kind) for kind, score in scores.items()), total.row("all")])
+                      *(score.row(kind) for kind, score in scores.items()), pooled(scores).row("all")])
 
 
 def guidance_scores(pipe: DiffusionPipeline, n: int, params: IP2PParams, text_scales: list[float],
@@ -153,11 +158,8 @@ def guidance_scores(pipe: DiffusionPipeline, n: int, params: IP2PParams, text_sc
     grid = {}
     for s_text in text_scales:
         for s_image in image_scales:
-            total = EditScore()
-            for score in score_edits(pipe, n, replace(params, text_guidance=s_text, image_guidance=s_image),
-                                     kinds=kinds).values():
-                total.add(score)
-            grid[s_text, s_image] = total
+            grid[s_text, s_image] = pooled(score_edits(
+                pipe, n, replace(params, text_guidance=s_text, image_guidance=s_image), kinds=kinds))
     return grid
 
 

@@ -403,14 +403,15 @@ def export(work: Path, out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel
     if (work / "ip2p.pt").exists():
         edit = widen_conv_in(unet)
         _load(work, "ip2p", {"unet": edit})
-        for shared in ("vae", "text_encoder", "tokenizer"):  # an earlier export's links: never write through them
-            if (out / "ip2p" / shared).is_symlink():
-                (out / "ip2p" / shared).unlink()
+        links = [out / "ip2p" / shared for shared in ("vae", "text_encoder", "tokenizer")]
+        for link in links:  # an earlier export's links: never write through them
+            if link.is_symlink():
+                link.unlink()
         StableDiffusionInstructPix2PixPipeline(**{**pipe.components, "unet": edit}).to(
             dtype=torch.float16).save_pretrained(out / "ip2p")
-        for shared in ("vae", "text_encoder", "tokenizer"):  # links, not copies: the family stays small
-            shutil.rmtree(out / "ip2p" / shared)
-            (out / "ip2p" / shared).symlink_to(Path("..") / "sd" / shared)
+        for link in links:  # links, not copies: the family stays small
+            shutil.rmtree(link)
+            link.symlink_to(Path("..") / "sd" / link.name)
     for stage in ("vae", "unet", "controlnet", "adapter", "ip2p"):
         if (work / f"{stage}.pt").exists():
             steps[stage] = torch.load(work / f"{stage}.pt", map_location="cpu", weights_only=True)["step"]
